@@ -33,7 +33,8 @@ class TokenizedExample:
 
     @property
     def n_trainable(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        """Label tokens that some position predicts (labels[0] never is: nothing precedes it)."""
+        return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
 class TemplateMismatch(Exception):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.chat import IGNORE
+from .attention import packed_attention_enabled
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -91,9 +92,10 @@ class PackedLoss(nn.Module):
 
     def forward(self, input_ids, position_ids, targets):
         lm = unwrap(self.model)
-        # attention_mask=None + restarting position_ids + no cache -> block-diagonal causal attention.
-        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                                  attention_mask=None).last_hidden_state  # [1, L, H]
+        # attention_mask=None + restarting position_ids + no cache -> per-sample causal attention.
+        with packed_attention_enabled(lm):
+            hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                      attention_mask=None).last_hidden_state  # [1, L, H]
         keep = targets != IGNORE  # [1, L]
         head = lm.get_output_embeddings()
         return chunked_cross_entropy(hidden[keep], head.weight, head.bias, targets[keep], self.chunk_size)
