@@ -71,6 +71,32 @@ def _micro_rows(samples: list[TokenizedExample], cfg: TrainConfig):
     return rows
 
 
+def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: TrainConfig, info: DistInfo):
+    """Accumulate the gradient of one global step's loss (mean over its target tokens).
+
+    Returns (summed loss on this rank, tokens on this rank, packed rows on this rank).
+    """
+    # Normaliser: target tokens in the whole global step (known on every rank, no sync needed).
+    n_targets = sum(s.n_trainable for s in batch)
+    rows = _micro_rows(batch[info.rank::info.world_size], cfg)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    n_tokens = 0
+    for k, row in enumerate(rows):
+        last = k == len(rows) - 1
+        # DDP: all-reduce gradients once per step, on the last micro-batch only.
+        ctx = loss_module.no_sync() if not last and hasattr(loss_module, "no_sync") else nullcontext()
+        with ctx:
+            row_loss = loss_module(row.input_ids.to(info.device), row.position_ids.to(info.device),
+                                   row.targets.to(info.device))
+            # DDP averages gradients over ranks, so scale by world size to get a sum.
+            (row_loss * (info.world_size / n_targets)).backward()
+        loss_sum += row_loss.detach().double().cpu()
+        n_tokens += row.n_tokens
+    if not rows and info.world_size > 1:  # a rank with no sample still joins the all-reduce
+        (sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0).backward()
+    return loss_sum, n_tokens, len(rows)
+
+
 class MetricsLog:
     """Appends one JSON line per logged step to metrics.jsonl (rank 0 only), optional TensorBoard."""
 
@@ -126,6 +152,8 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, n_total, cfg.min_lr_ratio)
 
     ckpt_root = run_dir / "checkpoints" if run_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     start = 0
     result = TrainResult(steps=n_total)
     if resume and ckpt_root is not None and (latest := latest_checkpoint(ckpt_root)) is not None:
@@ -150,23 +178,8 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
         for step in range(start + 1, n_total + 1):
             t_step = time.perf_counter()
             batch = [samples[i] for i in step_indices(step - 1, len(samples), cfg)]
-            # Normaliser: target tokens in the whole global step (known on every rank, no sync).
             n_targets = sum(s.n_trainable for s in batch)
-            rows = _micro_rows(batch[info.rank::info.world_size], cfg)
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            n_tokens = 0
-            for k, row in enumerate(rows):
-                sync = k == len(rows) - 1 or info.world_size == 1
-                ctx = loss_module.no_sync() if not sync and hasattr(loss_module, "no_sync") else nullcontext()
-                with ctx:
-                    row_loss = loss_module(row.input_ids.to(info.device), row.position_ids.to(info.device),
-                                           row.targets.to(info.device))
-                    # DDP averages gradients over ranks, so scale by world size to get a sum.
-                    (row_loss * (info.world_size / n_targets)).backward()
-                loss_sum += row_loss.detach().double().cpu()
-                n_tokens += row.n_tokens
-            if not rows and info.world_size > 1:  # a rank with no sample still joins the all-reduce
-                (sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0).backward()
+            loss_sum, n_tokens, n_rows = forward_backward(loss_module, model, batch, cfg, info)
             grad_norm = None
             if cfg.grad_clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
@@ -182,7 +195,7 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
             result.tokens += int(totals[1])
             dt = time.perf_counter() - t_step
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(totals[1]),
-                      "targets": n_targets, "samples": len(batch), "rows": len(rows),
+                      "targets": n_targets, "samples": len(batch), "rows": n_rows,
                       "tokens_per_s": round(float(totals[1]) / dt, 1), "elapsed_s": round(time.perf_counter() - t0, 2)}
             if step % cfg.log_every == 0 or step == n_total:
                 log.write(record)

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random Llama models for units, the bundled SmolLM2 for integration."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tunesmith.data.chat import IGNORE, TokenizedExample
+
+
+def tiny_llama(seed: int = 0, vocab: int = 97, tie: bool = True):
+    """A 2-layer random Llama (GQA: 4 query heads, 2 key/value heads) in fp32 with SDPA attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=tie, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).float()
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_llama()
+
+
+def random_samples(n: int, seed: int = 0, vocab: int = 97, lo: int = 6, hi: int = 30) -> list[TokenizedExample]:
+    """Samples with a random prompt part (not trained) and a random answer part (trained)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        length = rng.randint(lo, hi)
+        ids = [rng.randrange(vocab) for _ in range(length)]
+        cut = rng.randint(2, length - 2)
+        out.append(TokenizedExample(ids, [IGNORE] * cut + ids[cut:], "rand", i + 1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from tunesmith.models import load_tokenizer
+
+    return load_tokenizer(None, log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def smol_model():
+    from tunesmith.models import load_model
+
+    return load_model(None, log=lambda *a: None)
