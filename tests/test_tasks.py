@@ -176,6 +176,7 @@ def test_train_eval_disjoint():
     train, held = generate_train_eval(600, 130, seed=0)
     assert len(train) == 600 and len(held) == 130
     assert not {it.prompt for it in train} & {it.prompt for it in held}
+    assert len({it.prompt for it in held}) == len(held)  # each held-out prompt counts once
     assert Counter(it.task for it in train) == Counter(it.task for it in generate_tasks(600, 0))
     # convert_units and repeat_word have small prompt spaces, so collisions really occur and
     # the redraw is exercised: train differs from the plain generate_tasks list.

@@ -26,6 +26,7 @@ from .evaluate.suites import eval_loss, eval_tasks
 from .export.merge import merged_model, save_adapter, save_merged
 from .models import load_model, load_tokenizer, parse_dtype
 from .recipe import Recipe, dump_recipe
+from .train.distributed import init_distributed
 from .train.loop import total_steps, train
 from .train.setup import count_parameters, prepare_model
 
@@ -65,15 +66,20 @@ def _train_progress(total: int, start: int):
 def run(recipe: Recipe, resume: bool = False, do_eval: bool = True) -> dict[str, Any]:
     """Run the whole recipe and return the summary (also written to the run directory)."""
     t_start = time.perf_counter()
+    info = init_distributed()  # under torchrun every rank trains; rank 0 alone evaluates and writes
+    if not info.is_main:
+        do_eval = False
     run_dir = Path(recipe.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_recipe(recipe))
-    ui.log(f"[bold]tunesmith run[/] -> {run_dir}")
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_recipe(recipe))
+        ui.log(f"[bold]tunesmith run[/] -> {run_dir}" + (f" ({info.world_size} ranks)" if info.world_size > 1 else ""))
 
     tokenizer = load_tokenizer(recipe.model.name, log=ui.log)
-    data = prepare_data(recipe, tokenizer, run_dir)
-    print_data_report(data.report)
-    _write_json(run_dir / "data_report.json", data.report)
+    data = prepare_data(recipe, tokenizer, run_dir if info.is_main else None)
+    if info.is_main:
+        print_data_report(data.report)
+        _write_json(run_dir / "data_report.json", data.report)
 
     model = load_model(recipe.model.name, parse_dtype(recipe.model.dtype), recipe.model.trust_remote_code, log=ui.log)
     evals: dict[str, Any] = {}
@@ -95,11 +101,15 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True) -> dict[str,
     from .train.checkpoint import latest_checkpoint
     latest = latest_checkpoint(run_dir / "checkpoints") if resume else None
     start = int(latest.name.split("-")[1]) if latest else 0
-    cm, on_step = _train_progress(n_steps, start)
+    cm, on_step = _train_progress(n_steps, start) if info.is_main else (None, None)
     try:
-        result = train(model, data.train_samples, recipe.train, run_dir, resume=resume, progress=on_step)
+        result = train(model, data.train_samples, recipe.train, run_dir, resume=resume, dist_info=info,
+                       progress=on_step)
     finally:
-        cm.__exit__(None, None, None)
+        if cm is not None:
+            cm.__exit__(None, None, None)
+    if not info.is_main:
+        return {}
     if result.resumed_from:
         ui.log(f"resumed from step {result.resumed_from}")
 

@@ -236,22 +236,26 @@ def _resolve_types(task_types: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _generate(
-    n: int, seed: int, types: tuple[str, ...], skip: frozenset[str] = frozenset()
+    n: int, seed: int, types: tuple[str, ...], skip: frozenset[str] = frozenset(), unique: bool = False
 ) -> list[TaskItem]:
-    """n items round-robin over `types`, redrawing any item whose prompt is in `skip`."""
+    """n items round-robin over `types`, redrawing any item whose prompt is in `skip`
+    (and, with `unique`, any prompt already drawn: a held-out set counts each prompt once)."""
     if n < 0:
         raise UsageError(f"number of tasks must be >= 0, got {n}")
     rng = random.Random(seed)
     items: list[TaskItem] = []
+    seen: set[str] = set()
     for i in range(n):
         task = types[i % len(types)]
         for _ in range(10_000):
             prompt, answer = _GENERATORS[task](rng)
-            if prompt not in skip:
+            if prompt not in skip and prompt not in seen:
                 break
         else:  # pragma: no cover - only when the held-out set covers a type's whole prompt space
             raise UsageError(f"could not draw a {task} prompt outside the eval set; lower n_eval")
         items.append(TaskItem(task=task, prompt=prompt, answer=answer))
+        if unique:
+            seen.add(prompt)
     return items
 
 
@@ -288,12 +292,13 @@ def generate_train_eval(
 ) -> tuple[list[TaskItem], list[TaskItem]]:
     """Train items and held-out eval items with no prompt in common.
 
-    Eval items are `generate_tasks(n_eval, seed + EVAL_SEED_OFFSET, task_types)`. Train items
+    Eval items are drawn like `generate_tasks(n_eval, seed + EVAL_SEED_OFFSET, task_types)`, with
+    no prompt twice. Train items
     are drawn like `generate_tasks(n_train, seed, task_types)`, except that a draw whose prompt
     is in the eval set is thrown away and redrawn (same type, so round-robin counts hold).
     """
     types = _resolve_types(task_types)
-    eval_items = _generate(n_eval, seed + EVAL_SEED_OFFSET, types)
+    eval_items = _generate(n_eval, seed + EVAL_SEED_OFFSET, types, unique=True)
     skip = frozenset(item.prompt for item in eval_items)
     return _generate(n_train, seed, types, skip), eval_items
 

@@ -1,0 +1,96 @@
+"""Integration on the bundled SmolLM2: merged model round trip, CLI data check, run directory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunesmith.cli import main
+from tunesmith.data.chat import tokenize_examples
+from tunesmith.data.tasks import generate_examples
+from tunesmith.evaluate.generate import generate
+from tunesmith.export.merge import merged_model, save_adapter, save_merged
+from tunesmith.recipe import TrainConfig
+from tunesmith.train.loop import train
+from tunesmith.train.setup import prepare_model
+
+PROMPTS = ["Convert these words to upper case. Answer with the words only: moon lamp goat",
+           "What is 9 + 49? Answer with the number only."]
+
+
+def test_merged_model_loads_with_plain_transformers_and_generates_the_same(tmp_path, smol_tokenizer):
+    from tunesmith.models import load_model
+
+    tok = smol_tokenizer
+    model = load_model(None, log=lambda *a: None)
+    samples, _, _ = tokenize_examples(tok, generate_examples(16, seed=1), 256)
+    torch.manual_seed(0)
+    model = prepare_model(model, TrainConfig(method="lora", lora={"r": 8}))
+    cfg = TrainConfig(method="lora", lora={"r": 8}, batch_size=8, max_steps=2, lr=5e-3, warmup_steps=0)
+    train(model, samples, cfg, None)
+    assert save_adapter(model, tmp_path / "adapter") is not None
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    merged = merged_model(model)
+    save_merged(merged, tok, tmp_path / "model")
+    ours = generate(merged, tok, [[{"role": "user", "content": p}] for p in PROMPTS], max_new_tokens=20)
+
+    # Plain transformers, in a separate process: no tunesmith import at all.
+    script = f"""
+import json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+d = {str(tmp_path / 'model')!r}
+tok = AutoTokenizer.from_pretrained(d); model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+outs = []
+for p in {PROMPTS!r}:
+    ids = tok.apply_chat_template([{{"role": "user", "content": p}}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+    outs.append(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+print(json.dumps(outs))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    plain = json.loads(res.stdout.strip().splitlines()[-1])
+    assert plain == ours
+    assert all(o.strip() for o in ours)
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert "model.safetensors" in files and "config.json" in files
+    assert "quantization_config" not in json.loads((tmp_path / "model" / "config.json").read_text())
+
+
+def test_data_check_reports_each_bad_row_with_its_line(tmp_path, capsys):
+    bad = tmp_path / "mixed.jsonl"
+    rows = [
+        {"instruction": "Say hi", "output": "hi"},
+        "{not json",
+        {"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "x"}]},
+        {"instruction": "Say bye"},
+        {"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": ""}]},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
+    bad.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    code = main(["data", "check", "--data", str(bad), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    for line, kind in ((2, "bad_json"), (3, "role_order"), (4, "missing_field"), (5, "empty_assistant")):
+        assert f"mixed.jsonl:{line}: {kind}" in err
+    assert "4 of 6 rows cannot be used" in err
+    rejects = [json.loads(l) for l in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [2, 3, 4, 5]
+    # With skip, the good rows go through and the counts add up.
+    code = main(["data", "check", "--data", str(bad), "--out", str(tmp_path / "out2"), "--data.on_error", "skip"])
+    assert code == 0
+    report = json.loads((tmp_path / "out2" / "data_report.json").read_text())
+    assert (report["total"], report["kept"], report["rejected"]) == (6, 2, 4)
+    assert report["by_reason"] == {"bad_json": 1, "role_order": 1, "missing_field": 1, "empty_assistant": 1}
+
+
+def test_bad_recipe_key_is_one_clear_message(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 1e-3\n  learning_rate: 2\n")
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "train.learning_rate: unknown key" in err and "Traceback" not in err
+    assert main(["run", str(recipe), "--train.bogus", "1"]) == 2
