@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/tunesmith run recipes/quickstart.yaml
+	$(BIN)/tunesmith run recipes/quickstart.yaml --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

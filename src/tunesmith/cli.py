@@ -38,7 +38,7 @@ def cmd_run(args, overrides) -> int:
     from .pipeline import run
     from .recipe import load_recipe
 
-    run(load_recipe(args.recipe, overrides), resume=args.resume)
+    run(load_recipe(args.recipe, overrides), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -46,7 +46,7 @@ def cmd_train(args, overrides) -> int:
     from .pipeline import run
     from .recipe import load_recipe
 
-    run(load_recipe(args.recipe, overrides), resume=args.resume, do_eval=False)
+    run(load_recipe(args.recipe, overrides), resume=args.resume, do_eval=False, overwrite=args.overwrite)
     return 0
 
 
@@ -133,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="data check -> eval base -> train -> merge -> eval tuned, into one run directory")
     with_recipe(r)
     r.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    r.add_argument("--overwrite", action="store_true", help="start again in an output.dir that holds an earlier run")
     r.set_defaults(fn=cmd_run)
 
     t = sub.add_parser("train", help="data check -> train -> save adapter and merged model (no evaluation)")
     with_recipe(t)
     t.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start again in an output.dir that holds an earlier run")
     t.set_defaults(fn=cmd_train)
 
     d = sub.add_parser("data", help="data tools")
@@ -166,7 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages replace the libraries' chatter."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=r".*torch_dtype.*is deprecated.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:

@@ -14,6 +14,7 @@ Writes one run directory:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from . import ui
+from .errors import UserError
 from .data.prepare import DataBundle, prepare_data, print_data_report
 from .evaluate.suites import eval_loss, eval_tasks
 from .export.merge import merged_model, save_adapter, save_merged
@@ -63,7 +65,21 @@ def _train_progress(total: int, start: int):
     return cm, on_step
 
 
-def run(recipe: Recipe, resume: bool = False, do_eval: bool = True) -> dict[str, Any]:
+def _guard_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Never mix a new run into an old one silently."""
+    ckpts = run_dir / "checkpoints"
+    if resume or not ckpts.is_dir() or not any(ckpts.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"{run_dir} already holds checkpoints from an earlier run: add --resume to continue it, "
+                        "--overwrite to start again in the same directory, or set --output.dir elsewhere")
+    for sub in ("checkpoints", "eval", "adapter", "model", "tensorboard"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    for name in ("metrics.jsonl", "summary.json", "summary.md"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole recipe and return the summary (also written to the run directory)."""
     t_start = time.perf_counter()
     info = init_distributed()  # under torchrun every rank trains; rank 0 alone evaluates and writes
@@ -71,6 +87,7 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True) -> dict[str,
         do_eval = False
     run_dir = Path(recipe.output.dir)
     if info.is_main:
+        _guard_existing_run(run_dir, resume, overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_recipe(recipe))
         ui.log(f"[bold]tunesmith run[/] -> {run_dir}" + (f" ({info.world_size} ranks)" if info.world_size > 1 else ""))

@@ -158,6 +158,11 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
     result = TrainResult(steps=n_total)
     if resume and ckpt_root is not None and (latest := latest_checkpoint(ckpt_root)) is not None:
         weights, state, meta = load_checkpoint(latest)
+        if (meta.get("total_steps"), meta.get("seed")) != (n_total, cfg.seed):
+            from ..errors import UserError
+            raise UserError(f"{latest} was written by a run with {meta.get('total_steps')} steps and seed "
+                            f"{meta.get('seed')}, this one has {n_total} steps and seed {cfg.seed}: resume with "
+                            "the same recipe and data, or start a new output.dir")
         load_trainable_state(model, weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
