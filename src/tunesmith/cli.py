@@ -13,25 +13,32 @@ from pathlib import Path
 from .errors import UsageError, UserError
 
 
-def _split_overrides(extra: list[str]) -> dict[str, str]:
-    """['--train.lr', '1e-4', '--output.dir=x'] -> {'train.lr': '1e-4', 'output.dir': 'x'}."""
+def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separate dotted recipe overrides from the verb's own arguments.
+
+    ['run', 'r.yaml', '--train.lr', '1e-4', '--output.dir=x'] -> (['run', 'r.yaml'],
+    {'train.lr': '1e-4', 'output.dir': 'x'}). Done before argparse so an override's value can
+    never be taken for a positional argument.
+    """
+    rest: list[str] = []
     out: dict[str, str] = {}
     i = 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith("--") or "." not in arg:
-            raise UsageError(f"unrecognised argument '{arg}'; recipe overrides look like --section.key VALUE")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        else:
-            if i + 1 >= len(extra):
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and "." in name:
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+            else:
                 raise UsageError(f"override {arg} needs a value")
-            value = extra[i + 1]
-            i += 1
-        out[key] = value
+            out[name] = value
+        else:
+            rest.append(arg)
         i += 1
-    return out
+    return rest, out
 
 
 def cmd_run(args, overrides) -> int:
@@ -186,9 +193,10 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
     try:
-        return args.fn(args, _split_overrides(extra))
+        rest, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(rest)
+        return args.fn(args, overrides)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -129,6 +131,26 @@ class MetricsLog:
             self.writer.close()
 
 
+@contextmanager
+def _deferred_interrupt():
+    """Ctrl-C during a step is held until the step (and its optimizer update) is done, so the
+    checkpoint written then is a consistent state; a second Ctrl-C interrupts at once."""
+    hits = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, run_dir: Path | None,
           resume: bool = False, stop_after: int | None = None, dist_info: DistInfo | None = None,
           progress: Callable | None = None) -> TrainResult:
@@ -178,8 +200,7 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
                             {"total_steps": n_total, "seed": cfg.seed}, cfg.keep_checkpoints)
 
     t0 = time.perf_counter()
-    step = start
-    try:
+    with _deferred_interrupt() as interrupted:
         for step in range(start + 1, n_total + 1):
             t_step = time.perf_counter()
             batch = [samples[i] for i in step_indices(step - 1, len(samples), cfg)]
@@ -208,17 +229,13 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
                 progress(step, n_total, record)
             if step % cfg.save_every == 0 or step == n_total:
                 checkpoint(step)
-            if stop_after is not None and step >= stop_after and step < n_total:
+            if interrupted() or (stop_after is not None and start < step < n_total and step >= stop_after):
                 checkpoint(step)
                 result.stopped_early = True
+                if interrupted():
+                    log.close()
+                    raise KeyboardInterrupt
                 break
-    except KeyboardInterrupt:
-        # Keep what is done: the last finished step is saved (a step in flight is lost).
-        last_done = step - 1 if len(result.losses) < step - start else step
-        if last_done > start:
-            checkpoint(last_done)
-        log.close()
-        raise
     log.close()
     result.seconds = time.perf_counter() - t0
     return result
