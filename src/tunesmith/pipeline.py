@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .evaluate.suites import eval_loss, eval_tasks
 from .export.merge import merged_model, save_adapter, save_merged
 from .models import load_model, load_tokenizer, parse_dtype
 from .recipe import Recipe, dump_recipe
+from .train.checkpoint import latest_checkpoint
 from .train.distributed import init_distributed
 from .train.loop import total_steps, train
 from .train.setup import count_parameters, prepare_model
@@ -52,17 +54,6 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     tmp.replace(path)
-
-
-def _train_progress(total: int, start: int):
-    """A progress bar for training steps with loss and tokens/s."""
-    cm = ui.progress_bar("train", total, "steps", completed=start)
-    advance = cm.__enter__()
-
-    def on_step(step: int, n_total: int, record: dict) -> None:
-        advance(1, extra=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s")
-
-    return cm, on_step
 
 
 def _guard_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -115,16 +106,15 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
     n_steps = total_steps(len(data.train_samples), recipe.train)
     ui.log(f"training {recipe.train.method}: {trainable:,} of {total:,} parameters, {len(data.train_samples)} "
            f"samples, {n_steps} steps of {recipe.train.batch_size}")
-    from .train.checkpoint import latest_checkpoint
     latest = latest_checkpoint(run_dir / "checkpoints") if resume else None
     start = int(latest.name.split("-")[1]) if latest else 0
-    cm, on_step = _train_progress(n_steps, start) if info.is_main else (None, None)
-    try:
+    with ExitStack() as stack:
+        on_step = None
+        if info.is_main:  # one progress bar, on rank 0: steps, loss, tokens/s, ETA
+            advance = stack.enter_context(ui.progress_bar("train", n_steps, "steps", completed=start))
+            on_step = lambda step, n, rec: advance(1, extra=f"loss {rec['loss']:.4f}  {rec['tokens_per_s']:.0f} tok/s")  # noqa: E731
         result = train(model, data.train_samples, recipe.train, run_dir, resume=resume, dist_info=info,
                        progress=on_step)
-    finally:
-        if cm is not None:
-            cm.__exit__(None, None, None)
     if not info.is_main:
         return {}
     if result.resumed_from:
