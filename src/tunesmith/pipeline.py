@@ -104,8 +104,9 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
     model = prepare_model(model, recipe.train)
     trainable, total = count_parameters(model)
     n_steps = total_steps(len(data.train_samples), recipe.train)
-    ui.log(f"training {recipe.train.method}: {trainable:,} of {total:,} parameters, {len(data.train_samples)} "
-           f"samples, {n_steps} steps of {recipe.train.batch_size}")
+    if info.is_main:
+        ui.log(f"training {recipe.train.method}: {trainable:,} of {total:,} parameters, "
+               f"{len(data.train_samples)} samples, {n_steps} steps of {recipe.train.batch_size}")
     latest = latest_checkpoint(run_dir / "checkpoints") if resume else None
     start = int(latest.name.split("-")[1]) if latest else 0
     with ExitStack() as stack:
@@ -183,6 +184,9 @@ def summary_markdown(s: dict[str, Any]) -> str:
 def print_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
 
+    if not s["eval"]:
+        ui.log(f"run directory: {s['run_dir']}  (merged model: {s['merged_model']}; wall {s['wall_seconds']} s)")
+        return
     table = Table(title="held-out evaluation: base vs tuned")
     for col in ("suite", "n", "base", "tuned", "change"):
         table.add_column(col, justify="right" if col != "suite" else "left")
