@@ -9,34 +9,49 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "recipes/quickstart.yaml", "--output.dir", str(out), "--data.tasks.n_train", "48",
             "--data.tasks.n_eval", "26", "--train.batch_size", "8", "--train.save_every", "2",
-            "--eval.max_new_tokens", "8"]
+            "--eval.max_new_tokens", "8", "--eval.suites", "[tasks,loss,robustness]", "--eval.limit", "13",
+            "--eval.every", "2", "--eval.during", "[loss]", "--eval.best_metric", "loss"]
     assert main(args) == 0
     for name in ("config.yaml", "data_report.json", "rejects.jsonl", "metrics.jsonl", "summary.json", "summary.md",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model/model.safetensors",
-                 "model/config.json", "model/tokenizer.json", "eval/before.json", "eval/after.json"):
+                 "model/config.json", "model/tokenizer.json", "eval/before/tasks.json", "eval/before/loss.json",
+                 "eval/before/robustness.json", "eval/after/tasks.json", "eval/after/loss.json",
+                 "eval/after/robustness.json", "checkpoints/best.json"):
         assert (out / name).is_file(), name
-    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in lines if "loss" in s]
+    evals = [s for s in lines if "eval" in s]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in evals] == [2, 4, 6] and all(e["eval"]["loss"] > 0 for e in evals)
     assert all(s["samples"] == 8 and s["tokens"] > s["targets"] > 0 for s in steps)
     report = json.loads((out / "data_report.json").read_text())
     assert (report["total"], report["kept"], report["rejected"]) == (48, 48, 0)
     assert report["tokens"]["template_checked"] == 48
-    after = json.loads((out / "eval" / "after.json").read_text())
-    assert after["tasks"]["n"] == 26 and len(after["tasks"]["records"]) == 26
+    after = {n: json.loads((out / "eval" / "after" / f"{n}.json").read_text()) for n in ("tasks", "loss", "robustness")}
+    assert after["tasks"]["n"] == 13 and len(after["tasks"]["records"]) == 13
     rec = after["tasks"]["records"][0]
     assert set(rec) == {"task", "prompt", "output", "reference", "correct"}
     assert len(after["tasks"]["per_task"]) == 13  # every task type is in the held-out suite
-    assert len(after["loss"]["records"]) == 26 and after["loss"]["target_tokens"] > 0
+    assert len(after["loss"]["records"]) == 13 and after["loss"]["target_tokens"] > 0
+    rob = after["robustness"]
+    assert rob["phrasings"] == 3 and len(rob["records"]) == 13 * 3 and len(rob["per_phrasing"]) == 3
+    assert rob["spread"] == max(rob["per_phrasing"]) - min(rob["per_phrasing"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval"]["tasks"]["after"] == after["tasks"]["score"]
     assert summary["train"]["steps"] == 6
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    history = {h["step"]: h["value"] for h in best["history"]}
+    assert best["metric"] == "loss" and set(history) == {2, 4, 6} and best["value"] == min(history.values())
+    kept = summary["checkpoint_kept"]
+    assert kept["kept_step"] == best["step"] and kept["metric"] == "loss" and kept["reason"]
+    assert (out / "checkpoints" / f"step-{best['step']:06d}").is_dir()  # the best is never pruned
     assert "held-out evaluation: base vs tuned" in capsys.readouterr().out
-    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts == ["step-000004", "step-000006"]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert ckpts[-2:] == ["step-000004", "step-000006"] or ckpts[-1] == "step-000006"
 
     # Running again into the same directory without --resume is refused with a clear message.
     assert main(args) == 1
     assert "--resume" in capsys.readouterr().err
     # Resuming a finished run trains nothing more and keeps the metrics as they were.
-    assert main(args + ["--resume"]) == 0
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
+    assert main(args + ["--resume", "--eval.after", "false"]) == 0
+    assert (out / "metrics.jsonl").read_text().splitlines() == [json.dumps(x) for x in lines]

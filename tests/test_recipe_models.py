@@ -31,10 +31,16 @@ def test_recipe_errors_name_the_key_or_line(tmp_path):
         load_recipe(None, {"data.tasks.n_train": "5", "train.method": "qlora"})
 
 
-def test_model_specs_resolve_or_explain(tmp_path):
+def test_model_specs_resolve_or_explain(tmp_path, monkeypatch):
+    import tunesmith.models as models
+
     bundled = resolve_model("smollm2-135m-instruct")
     assert bundled.kind == "bundled" and bundled.gguf_file.endswith(".gguf")
+    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    with pytest.raises(UserError, match="no such local directory, and as a hub id it needs the network"):
+        resolve_model("runs/quickstart")
     (tmp_path / "m").mkdir()
     with pytest.raises(UserError, match="has no config.json"):
         resolve_model(str(tmp_path / "m"))
@@ -47,6 +53,12 @@ def test_model_specs_resolve_or_explain(tmp_path):
 def test_offline_hub_miss_is_one_clear_message(monkeypatch):
     from tunesmith.models import load_tokenizer
 
+    import tunesmith.models as models
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="hub id it needs the network"):
+        load_tokenizer("nobody-here/no-such-model-xyz")
+    # Past the resolver (hub reachable in principle), a miss from transformers is still one message.
+    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
     with pytest.raises(UserError, match="hub ids need the network"):
         load_tokenizer("nobody-here/no-such-model-xyz")

@@ -79,6 +79,60 @@ def cmd_data_check(args, overrides) -> int:
     return 0
 
 
+def cmd_eval(args, overrides) -> int:
+    """Evaluate a model or a run directory's merged model on the chosen suites."""
+    import json
+    import time
+
+    from . import ui
+    from .data.chat import tokenize_examples
+    from .data.load import load_examples
+    from .data.tasks import generate_train_eval
+    from .evaluate.harness import EvalContext, parse_suites, run_suites
+    from .pipeline import SUITE_TITLES, _fmt
+
+    suites = parse_suites(args.suite)
+    target = Path(args.model)
+    spec, out, n_eval, seed = args.model, None, args.tasks_n, args.seed
+    if (target / "model" / "config.json").is_file():  # a run directory: its merged model and its eval items
+        spec, out = str(target / "model"), target / "eval"
+        if (target / "config.yaml").is_file():  # same held-out items as the run (only data.tasks is read)
+            import yaml
+
+            tasks = ((yaml.safe_load((target / "config.yaml").read_text()) or {}).get("data") or {}).get("tasks")
+            if tasks:
+                n_eval, seed = tasks.get("n_eval", n_eval), tasks.get("seed", seed)
+    out = Path(args.out) if args.out else out or Path("runs") / "eval" / Path(args.model).name
+    model, tokenizer = _load_for_inference(spec)
+    _, items = generate_train_eval(0, n_eval, seed)
+    if args.data:
+        held_out = load_examples(args.data, on_error="skip").examples
+    else:
+        held_out = [it.to_example("tasks:eval") for it in items]
+    loss_samples, _, _ = tokenize_examples(tokenizer, held_out, 4096, "truncate")
+    ctx = EvalContext(task_items=items, loss_samples=loss_samples, max_new_tokens=args.max_new_tokens,
+                      long_max_new_tokens=args.long_max_new_tokens, batch_size=args.batch_size, limit=args.limit,
+                      humaneval_samples=args.humaneval_samples, seed=seed)
+    t0 = time.perf_counter()
+    results = run_suites(model, tokenizer, suites, ctx, Path(args.model).name)
+    out.mkdir(parents=True, exist_ok=True)
+    from rich.table import Table
+
+    table = Table(title=f"evaluation of {args.model}")
+    for col in ("suite", "n", "score", "details", "wall s"):
+        table.add_column(col)
+    for name, res in results.items():
+        (out / f"{name}.json").write_text(json.dumps(res, indent=2))
+        details = {k: round(v, 4) for k, v in res.items() if isinstance(v, float) and k not in ("score", "wall_s")}
+        if isinstance(res.get("pass@k"), dict):
+            details.update({f"pass@{k}": round(v, 4) for k, v in res["pass@k"].items()})
+        table.add_row(SUITE_TITLES.get(name, name), str(res.get("n", "")), _fmt(res["score"], name != "loss"),
+                      ", ".join(f"{k}={v}" for k, v in details.items()), str(res["wall_s"]))
+    ui.console.print(table)
+    ui.log(f"per-item records: {out}/<suite>.json  (total {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def _load_for_inference(model_spec: str):
     from . import ui
     from .models import load_model, load_tokenizer
@@ -156,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="file, folder or glob (overrides data.train)")
     c.add_argument("--out", help="directory for data_report.json and rejects.jsonl")
     c.set_defaults(fn=cmd_data_check)
+
+    e = sub.add_parser("eval", help="evaluate a model or a run directory on chosen suites; per-item records in JSON")
+    e.add_argument("model", help="run directory (uses RUN/model), model directory, .gguf, bundled name or hub id")
+    e.add_argument("--suite", default="tasks,loss",
+                   help="comma-separated: tasks, loss, robustness, ifbench, ifeval, humaneval")
+    e.add_argument("--limit", type=int, help="items per suite (default: all)")
+    e.add_argument("--max-new-tokens", type=int, default=32, help="short-answer suites (tasks, robustness)")
+    e.add_argument("--long-max-new-tokens", type=int, default=512, help="ifbench, ifeval, humaneval")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--humaneval-samples", type=int, default=0, help="sampled completions per problem for pass@k")
+    e.add_argument("--tasks-n", type=int, default=260, help="held-out generated task items")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--data", help="held-out conversations for the loss suite (default: the task items)")
+    e.add_argument("--out", help="where eval/<suite>.json go (default: RUN/eval or runs/eval/NAME)")
+    e.set_defaults(fn=cmd_eval)
 
     for name, fn, hlp in (("generate", cmd_generate, "complete prompts with a model"),
                           ("chat", cmd_chat, "talk to a model in the terminal")):

@@ -42,6 +42,19 @@ class ResolvedModel:
     gguf_file: str | None = None  # file name inside `path` when the source is a GGUF
 
 
+def _hub_reachable() -> bool:
+    """False when offline mode is set or the hub's name does not resolve (fails fast, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+        return True
+    except OSError:
+        return False
+
+
 def _bundled_gguf(name: str) -> Path:
     package, filename = _BUNDLED[name]
     # find_spec does not execute the package's __init__ (which imports llama_cpp, not installed).
@@ -76,6 +89,10 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     if path.exists() or spec.startswith((".", "/", "~")):
         raise UserError(f"model path {path} is neither a model directory nor a .gguf file")
     if spec.count("/") == 1:
+        if not _hub_reachable():
+            raise UserError(f"model '{spec}': no such local directory, and as a hub id it needs the network, "
+                            "which is not reachable here; use the bundled model, a local model directory "
+                            "(e.g. RUN/model) or a .gguf file")
         return ResolvedModel(spec, "hub", spec)
     raise UserError(f"unknown model '{spec}': use '{DEFAULT_MODEL}', a local model directory, "
                     "a .gguf file or a hub id like 'org/name'")

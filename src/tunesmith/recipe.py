@@ -97,14 +97,36 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Held-out evaluation before and after tuning."""
+    """Evaluation before and after tuning, and cheap evaluation during training."""
 
-    suites: list[Literal["tasks", "loss"]] = ["tasks", "loss"]
+    suites: list[str] = ["tasks", "loss"]  # tasks, loss, robustness, ifbench, ifeval, humaneval
     before: bool = True
     after: bool = True
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(32, ge=1)  # short-answer suites (tasks, robustness)
+    long_max_new_tokens: int = Field(512, ge=1)  # open-ended suites (ifbench, ifeval, humaneval)
     batch_size: int = Field(32, ge=1)
-    loss_max_items: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1)  # items per suite (None: all)
+    ifeval_items: int = Field(100, ge=1)
+    humaneval_samples: int = Field(0, ge=0)  # >0: sampled completions per problem for pass@k
+    every: int = Field(0, ge=0)  # evaluate every N training steps (0: off)
+    during: list[str] = ["loss"]  # cheap suites to run during training
+    during_limit: int | None = Field(64, ge=1)  # items per suite during training
+    best_metric: str | None = None  # e.g. "loss" or "tasks": keep the best checkpoint by it
+    keep_best: bool = True  # with best_metric: the saved model is the best checkpoint, not the last
+
+    @model_validator(mode="after")
+    def _check_suites(self) -> "EvalConfig":
+        from .evaluate.harness import SUITES
+
+        for key in ("suites", "during"):
+            unknown = [s for s in getattr(self, key) if s not in SUITES]
+            if unknown:
+                raise ValueError(f"unknown suite(s) {unknown} in eval.{key}; choose from {', '.join(SUITES)}")
+        if self.best_metric is not None and self.best_metric not in self.during:
+            raise ValueError(f"eval.best_metric '{self.best_metric}' must be one of eval.during {self.during}")
+        if self.best_metric is not None and not self.every:
+            raise ValueError("eval.best_metric needs eval.every > 0 (evaluations during training to compare)")
+        return self
 
 
 class OutputConfig(_Section):

@@ -53,8 +53,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], optimizer, scheduler,
-                    extra: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` atomically and prune all but the newest `keep` complete ones."""
+                    extra: dict[str, Any], keep: int, protect: int | None = None) -> Path:
+    """Write checkpoint `step` atomically and prune all but the newest `keep` complete ones
+    (never the `protect` step: the best checkpoint so far)."""
     final = ckpt_root / f"step-{step:06d}"
     tmp = ckpt_root / f"step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -73,7 +74,8 @@ def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor]
     os.replace(tmp, final)
     _fsync_dir(ckpt_root)
     for old in complete_checkpoints(ckpt_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if protect is None or old.name != f"step-{protect:06d}":
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

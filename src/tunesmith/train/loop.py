@@ -99,6 +99,39 @@ def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: Tra
     return loss_sum, n_tokens, len(rows)
 
 
+class BestTracker:
+    """Remembers the best evaluated step by one metric, in checkpoints/best.json (survives resume)."""
+
+    def __init__(self, ckpt_root: Path, metric: str, lower_is_better: bool):
+        self.path = ckpt_root / "best.json"
+        self.metric, self.lower = metric, lower_is_better
+        self.step: int | None = None
+        self.value: float | None = None
+        self.history: list[dict] = []
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("metric") == metric:
+                self.step, self.value, self.history = saved["step"], saved["value"], saved.get("history", [])
+
+    def update(self, step: int, scores: dict[str, float]) -> bool:
+        """Record this evaluation; True when it is the new best."""
+        value = scores.get(self.metric)
+        if value is None:
+            return False
+        self.history.append({"step": step, "value": value})
+        better = self.value is None or (value < self.value if self.lower else value > self.value)
+        if better:
+            self.step, self.value = step, value
+        return better
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"metric": self.metric, "lower_is_better": self.lower, "step": self.step,
+                                   "value": self.value, "history": self.history}, indent=2))
+        tmp.replace(self.path)
+
+
 class MetricsLog:
     """Appends one JSON line per logged step to metrics.jsonl (rank 0 only), optional TensorBoard."""
 
@@ -153,13 +186,17 @@ def _deferred_interrupt():
 
 def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, run_dir: Path | None,
           resume: bool = False, stop_after: int | None = None, dist_info: DistInfo | None = None,
-          progress: Callable | None = None) -> TrainResult:
+          progress: Callable | None = None, evaluate: Callable[[int], dict[str, float]] | None = None,
+          eval_every: int = 0, best: BestTracker | None = None) -> TrainResult:
     """Train `model` (already prepared: LoRA-wrapped or full) on tokenized samples.
 
     run_dir: where checkpoints/ and metrics.jsonl go (None: keep nothing on disk).
     resume: continue from the latest complete checkpoint in run_dir/checkpoints.
     stop_after: end after this global step as an interruption would (checkpoint, then return).
     progress: callable(step, total, record) for a progress display (rank 0).
+    evaluate, eval_every: every `eval_every` steps (and at the last step) rank 0 calls
+        evaluate(step) -> {metric: value}; the values go to metrics.jsonl, and `best` (if given)
+        checkpoints the step whenever its metric improves.
     """
     info = dist_info or init_distributed()
     if cfg.threads:
@@ -194,10 +231,23 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
                      run_dir / "tensorboard" if cfg.tensorboard and run_dir is not None and info.is_main else None,
                      start)
 
+    saved: set[int] = set()
+
     def checkpoint(step: int) -> None:
-        if ckpt_root is not None and info.is_main:
+        if ckpt_root is not None and info.is_main and step not in saved:
             save_checkpoint(ckpt_root, step, trainable_state(model), optimizer, scheduler,
-                            {"total_steps": n_total, "seed": cfg.seed}, cfg.keep_checkpoints)
+                            {"total_steps": n_total, "seed": cfg.seed}, cfg.keep_checkpoints,
+                            protect=best.step if best is not None else None)
+            saved.add(step)
+
+    def run_eval(step: int) -> None:
+        was_training = model.training
+        scores = evaluate(step)
+        model.train(was_training)
+        log.write({"step": step, "eval": scores})
+        if best is not None and best.update(step, scores):
+            checkpoint(step)
+            best.save()
 
     t0 = time.perf_counter()
     with _deferred_interrupt() as interrupted:
@@ -229,6 +279,8 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
                 progress(step, n_total, record)
             if step % cfg.save_every == 0 or step == n_total:
                 checkpoint(step)
+            if evaluate is not None and info.is_main and eval_every and (step % eval_every == 0 or step == n_total):
+                run_eval(step)
             if interrupted() or (stop_after is not None and start < step < n_total and step >= stop_after):
                 checkpoint(step)
                 result.stopped_early = True
