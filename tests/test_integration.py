@@ -94,3 +94,27 @@ def test_bad_recipe_key_is_one_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.learning_rate: unknown key" in err and "Traceback" not in err
     assert main(["run", str(recipe), "--train.bogus", "1"]) == 2
+
+
+def test_eval_verb_writes_per_suite_records(tmp_path, capsys):
+    out = tmp_path / "ev"
+    code = main(["eval", "smollm2-135m-instruct", "--suite", "tasks,loss", "--limit", "4", "--tasks-n", "13",
+                 "--max-new-tokens", "6", "--out", str(out)])
+    assert code == 0
+    tasks = json.loads((out / "tasks.json").read_text())
+    loss = json.loads((out / "loss.json").read_text())
+    assert tasks["n"] == 4 and len(tasks["records"]) == 4 and 0.0 <= tasks["score"] <= 1.0
+    assert tasks["score"] == sum(r["correct"] for r in tasks["records"]) / 4
+    assert loss["n"] == 4 and loss["score"] > 0 and len(loss["records"]) == 4
+    assert "evaluation of smollm2-135m-instruct" in capsys.readouterr().out
+    assert main(["eval", "smollm2-135m-instruct", "--suite", "tasks,nonsense"]) == 2
+
+
+def test_generate_and_chat_verbs(capsys, monkeypatch):
+    assert main(["generate", "--prompt", "What is 2 + 2? Answer with the number only.", "--max-new-tokens", "5"]) == 0
+    single = capsys.readouterr().out.strip().splitlines()[-1]
+    assert single.strip()
+    answers = iter(["What is 2 + 2? Answer with the number only.", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    assert main(["chat", "--max-new-tokens", "5"]) == 0
+    assert f"model> {single}" in capsys.readouterr().out  # greedy chat turn == greedy generate
