@@ -144,3 +144,18 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_resume_is_exact(tmp_path):
     resumed = json.loads(res.stdout.split("LOSSES ")[1])
     assert len(resumed) == steps - stopped_at
     assert resumed == straight[stopped_at:]  # bit-identical after a real interruption
+
+
+def test_bf16_training_tracks_fp32():
+    samples = random_samples(16, seed=11)
+    cfg = TrainConfig(method="lora", lora={"r": 4}, batch_size=4, max_steps=4, lr=1e-2, warmup_steps=0)
+    fp32 = train(fresh(cfg), samples, cfg, None).losses
+    model = fresh(cfg).to(torch.bfloat16)
+    # LoRA weights stay fp32 for the optimizer; the frozen base runs in bf16.
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    bf16 = train(model, samples, cfg, None).losses
+    assert all(torch.isfinite(torch.tensor(bf16)))
+    assert bf16 == pytest.approx(fp32, rel=0.05)
+    assert bf16 != fp32  # it really ran in another precision
