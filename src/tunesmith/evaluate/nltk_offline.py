@@ -72,11 +72,14 @@ RESOURCES = {
 # by the punkt_tab parameters, so a request for "punkt" is satisfied by "punkt_tab".
 ALIASES = {"punkt": "punkt_tab"}
 
-_state: dict[str, Any] = {"root": None, "original_download": None}
+_state: dict[str, Any] = {"root": None}
 
 
 def nltk_data_dir() -> Path:
-    """Where the materialised nltk data lives: <$TUNESMITH_CACHE or ~/.cache/tunesmith>/nltk_data."""
+    """Where the materialised nltk data lives: <$TUNESMITH_CACHE or ~/.cache/tunesmith>/nltk_data.
+
+    The same rule as `tunesmith.models.cache_root`, restated so that scoring never imports torch.
+    """
     return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "nltk_data"
 
 
@@ -251,8 +254,6 @@ def ensure_nltk_data() -> Path:
     if text in nltk.data.path:
         nltk.data.path.remove(text)
     nltk.data.path.insert(0, text)
-    if _state["original_download"] is None:
-        _state["original_download"] = nltk.download
     nltk.download = offline_download
     nltk.downloader.download = offline_download
     _state["root"] = root
