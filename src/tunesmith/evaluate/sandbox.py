@@ -50,7 +50,8 @@ class SandboxResult:
     """How one sandboxed run ended. stdout/stderr are decoded and truncated (middle cut out)."""
 
     status: str  # one of STATUSES; "error" means the sandbox itself failed, not the code
-    returncode: int | None  # the code's exit code, -N if killed by signal N, None if never run
+    returncode: int | None  # the code's exit code, -N if killed by signal N; None if it never
+    # ran or was killed with its whole namespace (timeout)
     stdout: str
     stderr: str
     wall_s: float
@@ -175,7 +176,7 @@ def _run(code: str, mode: str, timeout_s: float, limits: dict, work_mb: int, max
         os.mkdir(work, 0o700)
         os.mkdir(os.path.join(tmp, "root"))  # mount point of the jail's root (namespace modes)
         program = os.path.join(work, "program.py")
-        with open(program, "w", encoding="utf-8") as f:
+        with open(program, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(code)
         if _drops_uid_early(mode):
             os.chown(work, uid, uid)
