@@ -123,7 +123,10 @@ def cmd_eval(args, overrides) -> int:
         table.add_column(col)
     for name, res in results.items():
         (out / f"{name}.json").write_text(json.dumps(res, indent=2))
-        details = {k: round(v, 4) for k, v in res.items() if isinstance(v, float) and k not in ("score", "wall_s")}
+        short = {"prompt_level_strict": "prompt strict", "instruction_level_strict": "instr strict",
+                 "prompt_level_loose": "prompt loose", "instruction_level_loose": "instr loose"}
+        details = {short.get(k, k): round(v, 4) for k, v in res.items()
+                   if isinstance(v, float) and k not in ("score", "wall_s")}
         if isinstance(res.get("pass@k"), dict):
             details.update({f"pass@{k}": round(v, 4) for k, v in res["pass@k"].items()})
         table.add_row(SUITE_TITLES.get(name, name), str(res.get("n", "")), _fmt(res["score"], name != "loss"),
