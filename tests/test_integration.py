@@ -3,9 +3,7 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 import torch
 
 from tunesmith.cli import main
@@ -110,10 +108,17 @@ def test_eval_verb_writes_per_suite_records(tmp_path, capsys):
     assert main(["eval", "smollm2-135m-instruct", "--suite", "tasks,nonsense"]) == 2
 
 
-def test_generate_and_chat_verbs(capsys, monkeypatch):
+def test_generate_and_chat_verbs(capsys, monkeypatch, smol_model, smol_tokenizer):
     assert main(["generate", "--prompt", "What is 2 + 2? Answer with the number only.", "--max-new-tokens", "5"]) == 0
     single = capsys.readouterr().out.strip().splitlines()[-1]
     assert single.strip()
+    model, tok = smol_model, smol_tokenizer
+    conv = [[{"role": "user", "content": "Write three sentences about the sea."}]]
+    full = generate(model, tok, conv, max_new_tokens=40)[0]
+    cut = generate(model, tok, conv, max_new_tokens=40, stop=["."])[0]
+    assert "." in full and cut == full[: full.index(".")]  # stops at the first stop string, text cut there
+    sampled = [generate(model, tok, conv, max_new_tokens=12, temperature=0.9, seed=s)[0] for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1] and sampled[0] != sampled[2]  # sampling is seeded
     answers = iter(["What is 2 + 2? Answer with the number only.", ""])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
     assert main(["chat", "--max-new-tokens", "5"]) == 0

@@ -9,7 +9,7 @@ from conftest import random_samples, tiny_llama
 from tunesmith.recipe import TrainConfig
 from tunesmith.train.checkpoint import complete_checkpoints, latest_checkpoint
 from tunesmith.train.loop import step_indices, train
-from tunesmith.train.setup import prepare_model, trainable_state
+from tunesmith.train.setup import prepare_model
 
 
 def fresh(cfg: TrainConfig, init_seed: int = 0):

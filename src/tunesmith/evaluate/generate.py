@@ -46,6 +46,8 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
             mask[row, width - len(encoded[i]):] = 1
         kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, eos_token_id=eos,
                       pad_token_id=pad_id, use_cache=True)
+        if stop:  # end a row as soon as its text contains a stop string (and cut it below)
+            kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p)
         else:  # neutralise sampling knobs a model's generation_config may carry
