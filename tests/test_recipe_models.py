@@ -40,7 +40,7 @@ def test_model_specs_resolve_or_explain(tmp_path, monkeypatch):
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
     monkeypatch.setattr(models, "_hub_reachable", lambda: False)
     with pytest.raises(UserError, match="no such local directory, and as a hub id it needs the network"):
-        resolve_model("runs/quickstart")
+        resolve_model("nobody-here/not-a-local-dir-xyz")
     (tmp_path / "m").mkdir()
     with pytest.raises(UserError, match="has no config.json"):
         resolve_model(str(tmp_path / "m"))
