@@ -3,6 +3,7 @@ apply the error and overlong policies, and build the data report."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,7 @@ def prepare_data(recipe: Recipe, tokenizer, run_dir: Path | None) -> DataBundle:
         held_out = [it.to_example("tasks:eval") for it in eval_items]
         loss_samples, _, _ = tokenize_examples(tokenizer, held_out, cfg.max_seq_len, "truncate")
 
-    by_reason: dict[str, int] = {}
-    for r in rejects:
-        by_reason[reason_kind(r.reason)] = by_reason.get(reason_kind(r.reason), 0) + 1
+    by_reason = dict(Counter(reason_kind(r.reason) for r in rejects))
     report = {"total": total, "kept": len(samples), "rejected": len(rejects), "by_reason": by_reason,
               "formats": formats, "tokens": stats.to_json(), "eval_items": len(eval_items),
               "loss_samples": len(loss_samples), "rejects_file": str(rejects_path) if rejects_path else None}
