@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="file, folder or glob (overrides data.train)")
     c.add_argument("--out", help="directory for data_report.json and rejects.jsonl")
     c.set_defaults(fn=cmd_data_check)
+    from .curate.cli import add_data_parsers
+
+    add_data_parsers(dsub)  # data dedup, data decontaminate
 
     e = sub.add_parser("eval", help="evaluate a model or a run directory on chosen suites; per-item records in JSON")
     e.add_argument("model", help="run directory (uses RUN/model), model directory, .gguf, bundled name or hub id")
