@@ -1,0 +1,210 @@
+"""The selection entry point: run a chain of methods over a pool and write the result.
+
+A chain such as "ifd:50%,rds" filters first (keep the best half by IFD) and then selects the
+final budget by RDS+ from what is left; every step's scores are kept for every example it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.example import Example
+from ..errors import UsageError
+from .budget import parse_budget
+from .features import ScoringContext
+from .less import LessConfig, less_features, less_score_matrix
+from .rds import rds_score_matrix, round_robin_select
+from .simple import random_select, stratified_select, stratum_of
+
+METHODS = ("random", "stratified", "rds", "ifd", "less", "kmeans", "zipfit")
+NEEDS_MODEL = {"rds", "ifd", "less"}
+NEEDS_TARGETS = {"rds", "less", "zipfit"}
+
+
+@dataclass
+class SelectOptions:
+    """Knobs shared by the methods (each method reads the ones it needs)."""
+
+    seed: int = 0
+    stratify_by: str = "task"  # meta key or "source", for stratified
+    target_by: str = "task"  # how target examples split into target sets: meta key, "source" or "none"
+    clusters: int | None = None  # kmeans k (default: about sqrt(n / 2), at most 200)
+    embeddings: str = "model"  # kmeans features: "model" (RDS+ embeddings) or "hashed" (no model)
+    max_ifd: float = 1.0
+    zipfit_workers: int = 1
+    less: LessConfig = field(default_factory=LessConfig)
+
+
+@dataclass
+class Selection:
+    """The chosen pool indices (in selection order) and every score computed on the way."""
+
+    indices: np.ndarray
+    scores: dict[str, np.ndarray]  # method -> [n_pool] score (NaN where a step did not see the example)
+    steps: list[dict[str, Any]]
+
+
+def parse_chain(spec: str, budget: str) -> list[tuple[str, str]]:
+    """"ifd:50%,rds" with budget "10%" -> [("ifd", "50%"), ("rds", "10%")]; the last step takes
+    the overall budget (of the whole pool), earlier ones say what share of their input to keep."""
+    steps = []
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise UsageError("--method is empty; give one of " + ", ".join(METHODS))
+    for i, part in enumerate(parts):
+        name, _, keep = part.partition(":")
+        if name not in METHODS:
+            raise UsageError(f"unknown selection method '{name}'; choose from {', '.join(METHODS)}")
+        last = i == len(parts) - 1
+        if not last and not keep:
+            raise UsageError(f"filter step '{name}' needs a share to keep, e.g. '{name}:50%,...'")
+        if last and keep:
+            raise UsageError(f"the last step '{part}' takes --budget; write '{name}' and --budget {keep}")
+        steps.append((name, budget if last else keep))
+    return steps
+
+
+def target_sets(targets: Sequence[Example], by: str) -> list[list[Example]]:
+    """Split target examples into sets by a meta key or source ("none": one set)."""
+    if by == "none":
+        return [list(targets)]
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for t in targets:
+        groups[stratum_of(t, by)].append(t)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _set_columns(targets: Sequence[Example], sets: list[list[Example]]) -> list[list[int]]:
+    """For each target set, the positions of its examples in `targets`."""
+    order = {id(t): i for i, t in enumerate(targets)}
+    return [[order[id(t)] for t in s] for s in sets]
+
+
+def _default_k(n: int) -> int:
+    return max(2, min(200, int(math.sqrt(n / 2))))
+
+
+def _step(method: str, pool: list[Example], budget: int, targets: Sequence[Example], opts: SelectOptions,
+          ctx: ScoringContext | None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """One method over `pool` -> (local indices, local scores or None, report fields)."""
+    info: dict[str, Any] = {}
+    if method == "random":
+        return random_select(len(pool), budget, opts.seed), None, info
+    if method == "stratified":
+        strata = [stratum_of(e, opts.stratify_by) for e in pool]
+        info["strata"] = dict(Counter(strata))
+        return stratified_select(strata, budget, opts.seed), None, info
+    if method in NEEDS_TARGETS and not targets:
+        raise UsageError(f"method '{method}' needs target examples: give --target FILE or --target-tasks N")
+    if method in NEEDS_MODEL and (ctx is None or ctx.model is None):
+        raise UsageError(f"method '{method}' needs a model")
+    sets = target_sets(targets, opts.target_by)
+    info["target_sets"] = len(sets)
+    if method == "rds":
+        from .embed import embed_examples
+
+        emb = embed_examples(ctx, pool)
+        matrix = rds_score_matrix(emb, [embed_examples(ctx, s) for s in sets])
+        return round_robin_select(matrix, budget), matrix.max(axis=0), info
+    if method == "less":
+        feats, tgt = less_features(ctx, pool, targets, opts.less)
+        matrix = less_score_matrix(feats, [tgt[cols] for cols in _set_columns(targets, sets)])
+        info["dim"] = opts.less.dim
+        return round_robin_select(matrix, budget), matrix.max(axis=0), info
+    if method == "ifd":
+        from .ifd import ifd_scores, ifd_select, response_losses
+
+        scores = ifd_scores(response_losses(ctx, pool))
+        picked, excluded = ifd_select(scores, budget, opts.max_ifd)
+        info["ifd_at_or_above_max"] = excluded
+        return picked, scores, info
+    if method == "kmeans":
+        from .kmeans import cluster_proportional_select, kmeans
+
+        if opts.embeddings == "hashed":
+            from .hashed import hashed_embeddings
+            from .zipfit import example_text
+
+            emb = hashed_embeddings(example_text(e) for e in pool)
+        else:
+            if ctx is None or ctx.model is None:
+                raise UsageError("kmeans on model embeddings needs a model (or use --embeddings hashed)")
+            from .embed import embed_examples
+
+            emb = embed_examples(ctx, pool)
+        k = opts.clusters or _default_k(len(pool))
+        _, labels, dists = kmeans(emb, k, seed=opts.seed)
+        info.update(clusters=k, embeddings=opts.embeddings)
+        return cluster_proportional_select(labels, budget, opts.seed), -dists, info
+    if method == "zipfit":
+        from .zipfit import zipfit_alignments
+
+        align = zipfit_alignments(ctx or ScoringContext(), pool, targets, workers=opts.zipfit_workers)  # [n, m]
+        matrix = np.stack([align[:, cols].mean(axis=1) for cols in _set_columns(targets, sets)])
+        return round_robin_select(matrix, budget), matrix.max(axis=0), info
+    raise UsageError(f"unknown method {method}")  # pragma: no cover - parse_chain checks names
+
+
+def select(pool: Sequence[Example], chain: Sequence[tuple[str, str]], targets: Sequence[Example] = (),
+           opts: SelectOptions | None = None, ctx: ScoringContext | None = None) -> Selection:
+    """Run the chain over the pool. Budgets of filter steps are shares of their input; the last
+    budget is of the whole pool (and can be no more than what the filters left)."""
+    opts = opts or SelectOptions()
+    n = len(pool)
+    current = np.arange(n)
+    scores: dict[str, np.ndarray] = {}
+    steps: list[dict[str, Any]] = []
+    for i, (method, budget_spec) in enumerate(chain):
+        last = i == len(chain) - 1
+        budget = parse_budget(budget_spec, n if last else len(current))
+        budget = min(budget, len(current))
+        t0 = time.perf_counter()
+        local, local_scores, info = _step(method, [pool[j] for j in current], budget, targets, opts, ctx)
+        if local_scores is not None:
+            full = np.full(n, np.nan, dtype=np.float32)
+            full[current] = local_scores
+            scores[method] = full
+        steps.append({"method": method, "input": int(len(current)), "kept": int(len(local)),
+                      "seconds": round(time.perf_counter() - t0, 2), **info})
+        current = current[np.asarray(local, dtype=np.int64)]
+    return Selection(indices=current, scores=scores, steps=steps)
+
+
+def coverage(pool: Sequence[Example], indices: np.ndarray, key: str = "task") -> dict[str, int]:
+    """How many selected examples each stratum got."""
+    return dict(sorted(Counter(stratum_of(pool[i], key) for i in indices).items()))
+
+
+def write_selection(out_dir: str | Path, pool: Sequence[Example], sel: Selection, extra: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """selected.jsonl (messages format), scores.jsonl (one row per pool example) and
+    selection_report.json in out_dir; returns the report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank = {int(i): r for r, i in enumerate(sel.indices)}
+    with open(out / "selected.jsonl", "w", encoding="utf-8") as f:
+        for i in sel.indices:
+            ex = pool[int(i)]
+            f.write(json.dumps({"messages": ex.messages, "source": ex.source, "line": ex.line, "meta": ex.meta},
+                               ensure_ascii=False) + "\n")
+    with open(out / "scores.jsonl", "w", encoding="utf-8") as f:
+        for i, ex in enumerate(pool):
+            row = {"index": i, "source": ex.source, "line": ex.line, "selected": i in rank,
+                   "rank": rank.get(i)}
+            for method, values in sel.scores.items():
+                v = float(values[i])
+                row[method] = None if math.isnan(v) else round(v, 6)
+            f.write(json.dumps(row) + "\n")
+    report = {"pool": len(pool), "selected": int(len(sel.indices)), "steps": sel.steps,
+              "coverage": coverage(pool, sel.indices), **(extra or {})}
+    (out / "selection_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
