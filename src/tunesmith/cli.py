@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parsers(dsub)  # data dedup, data decontaminate
 
+    from .select.cli import add_select_parser
+
+    add_select_parser(sub)
+
     e = sub.add_parser("eval", help="evaluate a model or a run directory on chosen suites; per-item records in JSON")
     e.add_argument("model", help="run directory (uses RUN/model), model directory, .gguf, bundled name or hub id")
     e.add_argument("--suite", default="tasks,loss",

@@ -27,3 +27,13 @@ def hashed_embeddings(texts: Iterable[str], dim: int = 256) -> np.ndarray:
     out = np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return (out / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def cached_hashed_embeddings(ctx, examples, dim: int = 128):
+    """`hashed_embeddings` of the examples' text through the feature store (computed once)."""
+    from .features import compute_cached
+    from .zipfit import example_text
+
+    return compute_cached(ctx, "hashed", "hashed-ngrams", {"dim": dim}, examples,
+                          lambda exs: hashed_embeddings((example_text(e) for e in exs), dim),
+                          "embed (hashed n-grams)", batch_size=8192)

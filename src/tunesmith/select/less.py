@@ -119,8 +119,9 @@ class GradientFeatures:
         self.bucket = {n: torch.randint(dim, (p.numel(),), generator=gen) for n, p in self.params.items()}
         self.sign = {n: torch.randint(2, (p.numel(),), generator=gen).float() * 2 - 1 for n, p in self.params.items()}
 
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, adam: bool) -> np.ndarray:
-        """ids, mask, labels [B, T] -> unit-norm features [B, dim]."""
+    def per_example_grads(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+                          ) -> dict[str, torch.Tensor]:
+        """Gradient of each example's mean label-token loss: {weight name: [B, *weight shape]}."""
         saved: dict[int, dict[str, torch.Tensor]] = {}
         handles = []
 
@@ -137,24 +138,31 @@ class GradientFeatures:
             backbone, head = backbone_and_head(self.model)
             hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
             per_example, _ = label_token_losses(head, hidden, labels)
+            # Examples do not interact (right padding, causal attention), so the gradient of the
+            # sum holds each example's own gradient at its own positions.
             torch.autograd.grad(per_example.sum(), list(self.params.values()))
         finally:
             for h in handles:
                 h.remove()
-        B = ids.shape[0]
-        feats = torch.zeros(B, self.dim)
+        grads = {}
         for a_name, a_mod, b_name, b_mod in self.layers:
             a, b = saved[id(a_mod)], saved[id(b_mod)]
-            grads = {a_name: torch.einsum("btr,bti->bri", a["grad"], a["in"]),   # [B, r, in]
-                     b_name: torch.einsum("bto,btr->bor", b["grad"], b["in"])}   # [B, out, r]
-            for name, g in grads.items():
-                g = g.reshape(B, -1)
-                if adam:
-                    m, v = (t.reshape(1, -1) for t in self.moments[name])
-                    m = self.betas[0] * m + (1 - self.betas[0]) * g
-                    v = self.betas[1] * v + (1 - self.betas[1]) * g * g
-                    g = m / torch.sqrt(v + self.eps)
-                feats.index_add_(1, self.bucket[name], g * self.sign[name])
+            grads[a_name] = torch.einsum("btr,bti->bri", a["grad"], a["in"])  # [B, r, in]
+            grads[b_name] = torch.einsum("bto,btr->bor", b["grad"], b["in"])  # [B, out, r]
+        return grads
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, adam: bool) -> np.ndarray:
+        """ids, mask, labels [B, T] -> unit-norm projected features [B, dim]."""
+        B = ids.shape[0]
+        feats = torch.zeros(B, self.dim)
+        for name, g in self.per_example_grads(ids, mask, labels).items():
+            g = g.reshape(B, -1)
+            if adam:
+                m, v = (t.reshape(1, -1) for t in self.moments[name])
+                m = self.betas[0] * m + (1 - self.betas[0]) * g
+                v = self.betas[1] * v + (1 - self.betas[1]) * g * g
+                g = m / torch.sqrt(v + self.eps)
+            feats.index_add_(1, self.bucket[name], g * self.sign[name])
         return torch.nn.functional.normalize(feats, dim=1).numpy()
 
 

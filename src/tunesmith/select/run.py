@@ -131,10 +131,9 @@ def _step(method: str, pool: list[Example], budget: int, targets: Sequence[Examp
         from .kmeans import cluster_proportional_select, kmeans
 
         if opts.embeddings == "hashed":
-            from .hashed import hashed_embeddings
-            from .zipfit import example_text
+            from .hashed import cached_hashed_embeddings
 
-            emb = hashed_embeddings(example_text(e) for e in pool)
+            emb = cached_hashed_embeddings(ctx or ScoringContext(), pool)
         else:
             if ctx is None or ctx.model is None:
                 raise UsageError("kmeans on model embeddings needs a model (or use --embeddings hashed)")
@@ -184,6 +183,14 @@ def coverage(pool: Sequence[Example], indices: np.ndarray, key: str = "task") ->
     return dict(sorted(Counter(stratum_of(pool[i], key) for i in indices).items()))
 
 
+def _row(ex: Example) -> dict[str, Any]:
+    """An example as a messages-format row that reads back with its fields (task, category...)
+    and says where it came from."""
+    extras = {k: v for k, v in ex.meta.items() if k not in ("format", "fields")}
+    extras.update(ex.meta.get("fields", {}))
+    return {"messages": ex.messages, **extras, "origin": f"{ex.source}:{ex.line}"}
+
+
 def write_selection(out_dir: str | Path, pool: Sequence[Example], sel: Selection, extra: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """selected.jsonl (messages format), scores.jsonl (one row per pool example) and
@@ -193,9 +200,7 @@ def write_selection(out_dir: str | Path, pool: Sequence[Example], sel: Selection
     rank = {int(i): r for r, i in enumerate(sel.indices)}
     with open(out / "selected.jsonl", "w", encoding="utf-8") as f:
         for i in sel.indices:
-            ex = pool[int(i)]
-            f.write(json.dumps({"messages": ex.messages, "source": ex.source, "line": ex.line, "meta": ex.meta},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps(_row(pool[int(i)]), ensure_ascii=False) + "\n")
     with open(out / "scores.jsonl", "w", encoding="utf-8") as f:
         for i, ex in enumerate(pool):
             row = {"index": i, "source": ex.source, "line": ex.line, "selected": i in rank,

@@ -17,10 +17,13 @@ def random_select(n_pool: int, budget: int, seed: int) -> np.ndarray:
 
 
 def stratum_of(example: Example, key: str) -> str:
-    """The stratum an example belongs to: its source file, or a meta field such as the task."""
+    """The stratum an example belongs to: its source file, or a meta key such as the task (for
+    loaded files: any extra field of the row, e.g. a "category" column)."""
     if key == "source":
         return example.source
-    return str(example.meta.get(key, "<none>"))
+    if key in example.meta:
+        return str(example.meta[key])
+    return str(example.meta.get("fields", {}).get(key, "<none>"))  # a field of the input row
 
 
 def proportional_allocation(sizes: dict[str, int], budget: int) -> dict[str, int]:
