@@ -269,3 +269,30 @@ def test_select_cli_writes_selection_and_scores(tmp_path):
     assert main(["select", str(data), "--method", "rds", "--budget", "5", "--out", str(out)]) == 2  # no targets
     assert main(["select", str(tmp_path / "missing.jsonl"), "--method", "random", "--budget", "5",
                  "--out", str(out)]) != 0
+
+
+def test_recipe_runs_dedup_decontamination_and_selection_before_training(tmp_path, smol_tokenizer):
+    from tunesmith.data.fault_pool import build_fault_pool
+    from tunesmith.data.prepare import prepare_data
+    from tunesmith.recipe import Recipe
+
+    pool = build_fault_pool(400, seed=0)
+    data = tmp_path / "pool.jsonl"
+    with open(data, "w") as f:
+        for ex in pool.examples:
+            f.write(json.dumps({"messages": ex.messages, "task": ex.meta["task"]}) + "\n")
+    recipe = Recipe.model_validate({"data": {"train": [str(data)], "max_seq_len": 256,
+                                             "curate": {"dedup": True, "decontaminate": True},
+                                             "select": {"method": "stratified", "budget": "50%"}}})
+    bundle = prepare_data(recipe, smol_tokenizer, tmp_path / "run")
+    refined = bundle.report["curation_and_selection"]
+    counts = pool.counts()
+    assert refined["dedup"]["exact_removed"] + refined["dedup"]["near_removed"] == counts["exact_dup"] + counts["near_dup"]
+    assert refined["decontaminate"]["removed"] >= counts["eval_copy"]
+    left = 400 - refined["dedup"]["exact_removed"] - refined["dedup"]["near_removed"] - refined["decontaminate"]["removed"]
+    assert refined["select"]["pool"] == left and refined["select"]["selected"] == (left + 1) // 2
+    assert len(bundle.train_samples) == refined["select"]["selected"]
+    assert bundle.report["kept"] + refined["removed"] == 400
+    removed = (tmp_path / "run" / "curation" / "decontaminate" / "removed.jsonl").read_text().splitlines()
+    assert len(removed) == refined["decontaminate"]["removed"]
+    assert (tmp_path / "run" / "selection" / "scores.jsonl").exists()

@@ -37,6 +37,29 @@ class TaskData(_Section):
     types: list[str] | None = None  # None: all task types
 
 
+class CurateConfig(_Section):
+    """Cleaning before selection and training (tunesmith.curate)."""
+
+    dedup: bool = False  # exact (normalised hash) and, with near, MinHash near-duplicates
+    near: bool = True
+    near_threshold: float = Field(0.7, gt=0, le=1)  # Jaccard of content-word 3-grams
+    decontaminate: bool = False  # drop rows whose user turns overlap eval prompts
+    decontaminate_suites: list[str] = ["tasks"]  # tasks, robustness, ifbench, ifeval, humaneval
+    decontaminate_threshold: float = Field(0.8, gt=0, le=1)
+
+
+class SelectConfig(_Section):
+    """Data selection (tunesmith.select): which examples of the cleaned pool to train on."""
+
+    method: str  # random, stratified, rds, ifd, less, kmeans, zipfit, or a chain "ifd:50%,rds"
+    budget: str  # a count ("400") or a share of the pool ("10%")
+    target: list[str] = []  # files of target examples (rds, less, zipfit)
+    target_tasks: int = Field(0, ge=0)  # or N generated task items per type as targets
+    target_by: str = "task"
+    stratify_by: str = "task"
+    seed: int = 0
+
+
 class DataConfig(_Section):
     """Training data: files and/or generated tasks, and what to do with unusable rows."""
 
@@ -47,6 +70,8 @@ class DataConfig(_Section):
     on_error: Literal["fail", "skip"] = "fail"
     overlong: Literal["truncate", "drop", "fail"] = "truncate"
     max_seq_len: int = Field(1024, ge=8)
+    curate: CurateConfig = CurateConfig()
+    select: SelectConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +107,7 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0)
     seed: int = 0
     loss_chunk_size: int = Field(512, ge=1)
+    fused_lora: bool = True  # LoRA adapter product accumulated into the base GEMM (addmm) while training
     save_every: int = Field(50, ge=1)  # steps between checkpoints
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)

@@ -59,6 +59,13 @@ def prepare_data(recipe: Recipe, tokenizer, run_dir: Path | None) -> DataBundle:
         total += len(train_items)
         formats["generated"] = len(train_items)
 
+    refined: dict[str, Any] = {}
+    if cfg.curate.dedup or cfg.curate.decontaminate or cfg.select is not None:
+        from .refine import refine
+
+        n_before = len(examples)
+        examples, refined = refine(examples, recipe, run_dir)
+        refined["removed"] = n_before - len(examples)
     samples, tok_rejects, stats = _tokenize(tokenizer, examples, recipe, "train")
     rejects += tok_rejects
     if rejects_path is not None:
@@ -85,7 +92,11 @@ def prepare_data(recipe: Recipe, tokenizer, run_dir: Path | None) -> DataBundle:
     report = {"total": total, "kept": len(samples), "rejected": len(rejects), "by_reason": by_reason,
               "formats": formats, "tokens": stats.to_json(), "eval_items": len(eval_items),
               "loss_samples": len(loss_samples), "rejects_file": str(rejects_path) if rejects_path else None}
-    assert report["kept"] + report["rejected"] == total, report  # nothing may go missing silently
+    if refined:
+        report["curation_and_selection"] = refined
+    # Nothing may go missing silently: every input record is kept, rejected, or removed by
+    # curation/selection (and those removals are listed in RUN/curation and RUN/selection).
+    assert report["kept"] + report["rejected"] + refined.get("removed", 0) == total, report
     return DataBundle(samples, eval_items, loss_samples, report)
 
 
@@ -98,6 +109,15 @@ def print_data_report(report: dict[str, Any]) -> None:
     table.add_row("records in", str(report["total"]))
     table.add_row("kept", str(report["kept"]))
     table.add_row("rejected", str(report["rejected"]))
+    refined = report.get("curation_and_selection", {})
+    if "dedup" in refined:
+        table.add_row("  removed: exact duplicates", str(refined["dedup"]["exact_removed"]))
+        table.add_row("  removed: near duplicates", str(refined["dedup"]["near_removed"]))
+    if "decontaminate" in refined:
+        table.add_row("  removed: overlap with eval prompts", str(refined["decontaminate"]["removed"]))
+    if "select" in refined:
+        sel = refined["select"]
+        table.add_row(f"  not selected ({sel['steps'][-1]['method']})", str(sel["pool"] - sel["selected"]))
     for kind, n in sorted(report["by_reason"].items(), key=lambda kv: -kv[1]):
         table.add_row(f"  {kind}", str(n))
     tok = report["tokens"]
