@@ -158,6 +158,17 @@ def test_feature_store_caches_resumes_and_merges_rank_shards(tmp_path):
         with FeatureStore(shard_path(main, rank)) as st:
             st.put_many([(f"k{rank}", np.array([rank, 1], dtype=np.float32))])
     assert merge_shards(main) == 2
+
+    # A distributed run that died after rank 1 wrote its shard: the next run merges it and
+    # computes only what no rank finished.
+    leftover = shard_path(tmp_path / "t.sqlite", 1)
+    from tunesmith.select.store import content_key
+    fresh = generate_examples(12, seed=1)[10:]
+    with FeatureStore(leftover) as st:
+        st.put_many([(content_key("len", "none", {}, fresh[0].messages), np.array([7.0], dtype=np.float32))])
+    calls.clear()
+    out = compute_cached(ctx, "t", "len", {}, fresh, fn, "t")
+    assert calls == [1] and out[0, 0] == 7.0 and not leftover.exists()
     assert not shard_path(main, 0).exists()
     with FeatureStore(main) as st:
         got = st.get_many(["k0", "k1", "k2"])

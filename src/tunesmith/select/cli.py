@@ -34,6 +34,7 @@ def add_select_parser(sub) -> None:
                    help="use N generated task items per task type as targets (a seed disjoint from eval items)")
     s.add_argument("--target-by", default="task", help="split targets into sets by meta key, 'source' or 'none'")
     s.add_argument("--model", default="smollm2-135m-instruct", help="model for rds/ifd/less/kmeans features")
+    s.add_argument("--ifd-model", help="ifd: score with this (smaller) model instead of --model (Superfiltering)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--stratify-by", default="task", help="stratified: meta key or 'source'")
     s.add_argument("--clusters", type=int, help="kmeans: k (default about sqrt(n/2))")
@@ -79,7 +80,8 @@ def cmd_select(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     if not pool:
         raise UsageError(f"{args.data}: no usable examples in the pool")
     targets = _targets(args)
-    needs_model = any(m in NEEDS_MODEL or (m == "kmeans" and args.embeddings == "model") for m, _ in chain)
+    needs_model = any((m in NEEDS_MODEL and not (m == "ifd" and args.ifd_model))
+                      or (m == "kmeans" and args.embeddings == "model") for m, _ in chain)
     ctx = ScoringContext(batch_size=args.batch_size, max_seq_len=args.max_seq_len, dist=info,
                          show_progress=info.is_main)
     if args.cache:
@@ -93,6 +95,12 @@ def cmd_select(args: argparse.Namespace, overrides: dict[str, str]) -> int:
                          clusters=args.clusters, embeddings=args.embeddings, max_ifd=args.max_ifd,
                          zipfit_workers=args.workers,
                          less=LessConfig(dim=args.less_dim, layers=args.less_layers, seed=args.seed))
+    if args.ifd_model:
+        log = ui.log if info.is_main else (lambda *a: None)
+        opts.ifd_ctx = ScoringContext(load_model(args.ifd_model, log=log), load_tokenizer(args.ifd_model, log=log),
+                                      model_fingerprint(local_model_dir(args.ifd_model, log=log)),
+                                      cache_dir=ctx.cache_dir, batch_size=args.batch_size,
+                                      max_seq_len=args.max_seq_len, dist=info, show_progress=info.is_main)
     sel = select(pool, chain, targets, opts, ctx)
     if not info.is_main:
         return 0

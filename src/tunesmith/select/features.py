@@ -117,6 +117,10 @@ def compute_cached(ctx: ScoringContext, store_name: str, kind: str, params: dict
     store_path = ctx.cache_dir / f"{store_name}.sqlite"
     keys = [content_key(kind, ctx.fingerprint, params, ex.messages) for ex in examples]
     info = ctx.info
+    if info.is_main and any(store_path.parent.glob(f"{store_path.stem}.rank*{store_path.suffix}")):
+        merge_shards(store_path)  # shards an interrupted torchrun run left behind: their work counts
+    if info.world_size > 1:
+        barrier(info)
     with FeatureStore(store_path) as store:
         have = store.get_many(keys)
     missing = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())

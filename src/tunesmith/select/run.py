@@ -42,6 +42,7 @@ class SelectOptions:
     max_ifd: float = 1.0
     zipfit_workers: int = 1
     less: LessConfig = field(default_factory=LessConfig)
+    ifd_ctx: ScoringContext | None = None  # a smaller scorer for IFD (Superfiltering); default: ctx
 
 
 @dataclass
@@ -105,7 +106,9 @@ def _step(method: str, pool: list[Example], budget: int, targets: Sequence[Examp
         return stratified_select(strata, budget, opts.seed), None, info
     if method in NEEDS_TARGETS and not targets:
         raise UsageError(f"method '{method}' needs target examples: give --target FILE or --target-tasks N")
-    if method in NEEDS_MODEL and (ctx is None or ctx.model is None):
+    if method == "ifd" and opts.ifd_ctx is not None:
+        pass
+    elif method in NEEDS_MODEL and (ctx is None or ctx.model is None):
         raise UsageError(f"method '{method}' needs a model")
     sets = target_sets(targets, opts.target_by)
     info["target_sets"] = len(sets)
@@ -123,7 +126,7 @@ def _step(method: str, pool: list[Example], budget: int, targets: Sequence[Examp
     if method == "ifd":
         from .ifd import ifd_scores, ifd_select, response_losses
 
-        scores = ifd_scores(response_losses(ctx, pool))
+        scores = ifd_scores(response_losses(opts.ifd_ctx or ctx, pool))
         picked, excluded = ifd_select(scores, budget, opts.max_ifd)
         info["ifd_at_or_above_max"] = excluded
         return picked, scores, info
