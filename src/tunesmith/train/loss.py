@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.chat import IGNORE
 from .attention import packed_attention_enabled
+from .fused_lora import fused_lora_enabled
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -82,18 +83,20 @@ class PackedLoss(nn.Module):
     """forward(input_ids, position_ids, targets) -> summed label-only loss over the row.
 
     Wraps the causal LM so that DDP sees one module whose forward produces the loss: the decoder
-    runs in a padding-free packed row, the output layer only at target positions, in chunks.
+    runs in a padding-free packed row, the output layer only at target positions, in chunks, and
+    (fused_lora) plain LoRA layers fold their adapter product into the base GEMM.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 512):
+    def __init__(self, model: nn.Module, chunk_size: int = 512, fused_lora: bool = True):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.fused_lora = fused_lora
 
     def forward(self, input_ids, position_ids, targets):
         lm = unwrap(self.model)
         # attention_mask=None + restarting position_ids + no cache -> per-sample causal attention.
-        with packed_attention_enabled(lm):
+        with packed_attention_enabled(lm), fused_lora_enabled(self.model, self.fused_lora):
             hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                       attention_mask=None).last_hidden_state  # [1, L, H]
         keep = targets != IGNORE  # [1, L]
