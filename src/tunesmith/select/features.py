@@ -10,6 +10,7 @@ example, then merges the ranks' shard files.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class ScoringContext:
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)
         self._eot = None
-        self._tokenized: dict[int, TokenizedExample] = {}
+        self._tokenized: dict[str, TokenizedExample] = {}
 
     @property
     def info(self) -> DistInfo:
@@ -62,7 +63,8 @@ class ScoringContext:
 
     def tokenize(self, example: Example) -> TokenizedExample:
         """The example's training tokens and labels (cut at max_seq_len)."""
-        key = id(example)
+        # Keyed by content, not id(): ids of freed examples are reused by new ones.
+        key = json.dumps(example.messages, sort_keys=True, ensure_ascii=False)
         if key not in self._tokenized:
             if self._eot is None:
                 self._eot = end_of_turn_ids(self.tokenizer)
