@@ -68,6 +68,13 @@ def cpu_turn(path: str | None):
     time.sleep(3)
 
 
+def _finished(results_path: Path) -> set[tuple[str, int]]:
+    if not results_path.exists():
+        return set()
+    rows = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
+    return {(r["method"], r["seed"]) for r in rows}
+
+
 def diagnostics(pool, indices, n_types: int) -> dict:
     """What a selection holds, against the pool's planted truth."""
     faults = Counter(pool.examples[i].meta["fault"] for i in indices)
@@ -162,7 +169,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
-    rows = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    rows = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()] \
+        if results_path.exists() else []
     done = {(r["method"], r["seed"]) for r in rows}
 
     pool = build_fault_pool(args.pool, seed=0)
@@ -183,8 +191,8 @@ def main() -> int:
         return 0
     for seed in seeds:
         for method in methods:
-            if (method, seed) in done:
-                continue
+            if (method, seed) in done or (method, seed) in _finished(results_path):
+                continue  # done earlier, or by another process working on the same OUT
             with cpu_turn(args.lock):
                 t0 = time.perf_counter()
                 sel = select(pool.examples, parse_chain(method, args.budget), targets, SelectOptions(seed=seed), ctx)
@@ -200,6 +208,7 @@ def main() -> int:
                   f"{100 * diag['leaked']:.1f}%  covered {diag['tasks_covered']}/{n_types}  "
                   f"(select {select_s:.0f}s, train {res['train_s']:.0f}s)", flush=True)
 
+    rows = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
     summary = summarise(rows, methods)
     text = table(summary, n_types)
     print(text)
