@@ -307,3 +307,29 @@ def test_recipe_runs_dedup_decontamination_and_selection_before_training(tmp_pat
     removed = (tmp_path / "run" / "curation" / "decontaminate" / "removed.jsonl").read_text().splitlines()
     assert len(removed) == refined["decontaminate"]["removed"]
     assert (tmp_path / "run" / "selection" / "scores.jsonl").exists()
+
+
+def _open_together(path, barrier, rank):
+    barrier.wait()  # every process opens the brand-new file at the same instant
+    with FeatureStore(path) as store:
+        store.put_many([(f"rank{rank}", np.full(3, rank, dtype=np.float32))])
+
+
+def test_feature_store_survives_many_processes_creating_it_at_once(tmp_path):
+    # Regression: switching a fresh file to WAL while another process opened it raised
+    # "database is locked" (it failed CI in the two-rank test about 1 time in 60; 40 trials of 6 openers catch it every time).
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for trial in range(40):
+        path = tmp_path / f"store{trial}.sqlite"
+        barrier = ctx.Barrier(6)
+        procs = [ctx.Process(target=_open_together, args=(path, barrier, r)) for r in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        assert [p.exitcode for p in procs] == [0] * 6
+        with FeatureStore(path) as store:
+            got = store.get_many([f"rank{r}" for r in range(6)])
+        assert sorted(float(v[0]) for v in got.values()) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

@@ -122,6 +122,8 @@ def compute_cached(ctx: ScoringContext, store_name: str, kind: str, params: dict
     if info.is_main and any(store_path.parent.glob(f"{store_path.stem}.rank*{store_path.suffix}")):
         merge_shards(store_path)  # shards an interrupted torchrun run left behind: their work counts
     if info.world_size > 1:
+        if info.is_main:
+            FeatureStore(store_path).close()  # create it (WAL, schema) before other ranks open it
         barrier(info)
     with FeatureStore(store_path) as store:
         have = store.get_many(keys)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,7 +34,14 @@ class FeatureStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _retry_while_locked(self._open_schema)
+
+    def _open_schema(self) -> None:
+        # Switching to WAL takes an exclusive lock and SQLite does not wait on its busy handler
+        # for it, so ranks opening one file together can see "database is locked": only switch
+        # when needed, and retry (the caller) until the other opener is done.
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         self._db.commit()
 
@@ -75,6 +83,17 @@ class FeatureStore:
         finally:
             self._db.execute("DETACH DATABASE shard")
         return n
+
+
+def _retry_while_locked(fn, attempts: int = 200, wait_s: float = 0.05) -> None:
+    """Run fn, retrying while another connection holds the lock (up to ~10 s in all)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(wait_s)
 
 
 def shard_path(path: str | Path, rank: int) -> Path:
