@@ -3,7 +3,10 @@
 One process, one model, one fixed batch (the first optimizer step of benchmarks/train_vs_trl.py:
 8 samples of the mix, 40 to 1,500 tokens), forward + backward of the step's loss, no optimizer
 (identical for every variant). Every variant runs a warm-up step, then `--repeat` timed steps; the
-best time is reported. MFU uses the issue's 4N count and a fp32 matmul peak measured here.
+best time is reported. MFU uses the issue's 4N count and a fp32 matmul peak measured here. The
+memory column is what autograd keeps for backward in the largest row (distinct storages,
+parameters excluded), which is what the row budget and the SwiGLU recompute change. The
+torch.compile variant runs last (it stays compiled) and reports its compile-laden first step.
 
     .venv/bin/python benchmarks/train_ablation.py [--repeat 2] [--record]
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -82,46 +85,87 @@ def main() -> None:
     tokens = sum(len(s.input_ids) for s in batch)
     peak = bench.matmul_peak(3.0)
 
-    def step(attn="per-sample", fused=True, row_budget=4096, full_logits=False, chunk=512):
-        loss_module = PackedLoss(model, chunk, fused)
+    def step(attn="per-sample", fused=True, light=True, row_budget=1024, full_logits=False, chunk=512,
+             measure=False):
+        """One optimizer step's forward + backward; returns the most activation MB any row kept."""
+        loss_module = PackedLoss(model, chunk, fused, light)
+        most = 0
         with attention_kernel(attn):
             for row in pack_rows(batch, row_budget):
-                if full_logits:
-                    from tunesmith.train.attention import packed_attention_enabled
-                    with packed_attention_enabled(model.get_base_model()):
-                        loss = full_logits_loss(model, row.input_ids, row.position_ids, row.targets)
-                else:
-                    loss = loss_module(row.input_ids, row.position_ids, row.targets)
+                with saved_activations() if measure else nullcontext() as saved:
+                    if full_logits:
+                        from tunesmith.train.attention import packed_attention_enabled
+                        with packed_attention_enabled(model.get_base_model()):
+                            loss = full_logits_loss(model, row.input_ids, row.position_ids, row.targets)
+                    else:
+                        loss = loss_module(row.input_ids, row.position_ids, row.targets)
+                if measure:
+                    most = max(most, sum(saved.values()) / 2**20)
                 loss.backward()
         model.zero_grad(set_to_none=True)
+        return most
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    @contextmanager
+    def saved_activations():
+        """Distinct tensors autograd keeps for backward (parameters excluded): ptr -> bytes."""
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield seen
 
     variants = [
-        ("before: padded attention, PEFT LoRA forward", dict(attn="padded", fused=False)),
-        ("per-sample attention (split views, GQA in SDPA)", dict(fused=False)),
-        ("per-sample attention + fused LoRA addmm (default)", dict()),
+        ("before: padded attention, PEFT LoRA forward, one 4096-token row",
+         dict(attn="padded", fused=False, light=False, row_budget=4096)),
+        ("+ per-sample attention (split views, GQA in SDPA)", dict(fused=False, light=False, row_budget=4096)),
+        ("+ fused LoRA addmm", dict(light=False, row_budget=4096)),
+        ("+ SwiGLU recompute", dict(row_budget=4096)),
+        ("+ rows of <= 1024 tokens (the default)", dict()),
+        ("default, rows of <= 2048 tokens", dict(row_budget=2048)),
         ("default, full logits instead of label-only chunked loss", dict(full_logits=True)),
-        ("default, rows of <= 2048 tokens (2 forward/backward passes)", dict(row_budget=2048)),
-        ("default, rows of <= 1024 tokens (5 forward/backward passes)", dict(row_budget=1024)),
+        ("default, 1 thread instead of 2", dict(threads=1)),
+        ("default + torch.compile of MLPs and RMSNorms (dynamic shapes)", dict(compiled=True)),
     ]
     print(f"batch: {len(batch)} samples, {tokens} tokens, {sum(s.n_trainable for s in batch)} label tokens; "
           f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; threads {torch.get_num_threads()}", flush=True)
-    lines = ["| variant | step s | tokens/s | MFU |", "|---|---|---|---|"]
+    lines = ["| variant | step s | tokens/s | MFU | activations kept, largest row (MB) |", "|---|---|---|---|---|"]
+    threads = torch.get_num_threads()
     for label, kw in variants:
-        step(**kw)
+        kw = dict(kw)
+        torch.set_num_threads(kw.pop("threads", threads))
+        compile_s = None
+        if kw.pop("compiled", False):
+            for layer in model.get_base_model().model.layers:
+                for part in (layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
+                    part.compile(dynamic=True)
+            t = time.perf_counter()
+            step(**kw)
+            compile_s = time.perf_counter() - t
+        kept = step(**kw, measure=True)
         best = float("inf")
         for _ in range(args.repeat):
             t = time.perf_counter()
             step(**kw)
             best = min(best, time.perf_counter() - t)
-        lines.append(f"| {label} | {best:.2f} | {tokens / best:.0f} | {100 * flops / best / peak:.1f}% |")
+        if compile_s is not None:
+            label += f"; first step {compile_s:.0f} s"
+        lines.append(f"| {label} | {best:.2f} | {tokens / best:.0f} | {100 * flops / best / peak:.1f}% | {kept:.0f} |")
         print(lines[-1], flush=True)
+    torch.set_num_threads(threads)
     text = "\n".join(lines)
     print(text)
     if args.record:
         with open(ROOT / "BENCHMARKS.md", "a") as f:
             f.write(f"\n### Ablation: one step of the mix, forward + backward ({bench.DATE}, {bench.MACHINE})\n\n"
                     f"`python benchmarks/train_ablation.py --record` (under `flock -x /tmp/tunesmith-cpu.lock`): "
-                    f"{len(batch)} samples, {tokens} tokens in one packed row, best of {args.repeat} after a "
+                    f"{len(batch)} samples, {tokens} tokens, best of {args.repeat} after a "
                     f"warm-up; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s measured in the run.\n\n{text}\n")
 
 

@@ -98,7 +98,7 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
     batch_size: int = Field(16, ge=1)  # samples per optimizer step
     micro_batch_size: int | None = Field(None, ge=1)  # samples per forward (default: batch_size)
-    max_tokens_per_row: int = Field(2048, ge=8)  # padding-free packing budget per forward (activation memory ~ this)
+    max_tokens_per_row: int = Field(1024, ge=8)  # padding-free packing budget per forward (activation memory ~ this; a longer sample gets its own row)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -108,6 +108,7 @@ class TrainConfig(_Section):
     seed: int = 0
     loss_chunk_size: int = Field(512, ge=1)
     fused_lora: bool = True  # LoRA adapter product accumulated into the base GEMM (addmm) while training
+    swiglu_recompute: bool = True  # SwiGLU MLPs keep only gate and up for backward (~30% less activation memory)
     save_every: int = Field(50, ge=1)  # steps between checkpoints
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)

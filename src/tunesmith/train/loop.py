@@ -203,7 +203,7 @@ def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, r
         torch.set_num_threads(cfg.threads)
     n_total = total_steps(len(samples), cfg)
     model.train()
-    loss_module = PackedLoss(model, cfg.loss_chunk_size, cfg.fused_lora).to(info.device)
+    loss_module = PackedLoss(model, cfg.loss_chunk_size, cfg.fused_lora, cfg.swiglu_recompute).to(info.device)
     if info.world_size > 1:
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[info.local_rank] if info.device.type == "cuda" else None)

@@ -15,6 +15,7 @@ from torch import nn
 from ..data.chat import IGNORE
 from .attention import packed_attention_enabled
 from .fused_lora import fused_lora_enabled
+from .swiglu import light_swiglu_enabled
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -84,19 +85,23 @@ class PackedLoss(nn.Module):
 
     Wraps the causal LM so that DDP sees one module whose forward produces the loss: the decoder
     runs in a padding-free packed row, the output layer only at target positions, in chunks, and
-    (fused_lora) plain LoRA layers fold their adapter product into the base GEMM.
+    (fused_lora) plain LoRA layers fold their adapter product into the base GEMM, and
+    (swiglu_recompute) SwiGLU MLPs keep only gate and up for backward.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 512, fused_lora: bool = True):
+    def __init__(self, model: nn.Module, chunk_size: int = 512, fused_lora: bool = True,
+                 swiglu_recompute: bool = True):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         self.fused_lora = fused_lora
+        self.swiglu_recompute = swiglu_recompute
 
     def forward(self, input_ids, position_ids, targets):
         lm = unwrap(self.model)
         # attention_mask=None + restarting position_ids + no cache -> per-sample causal attention.
-        with packed_attention_enabled(lm), fused_lora_enabled(self.model, self.fused_lora):
+        with packed_attention_enabled(lm), fused_lora_enabled(self.model, self.fused_lora), \
+                light_swiglu_enabled(self.model, self.swiglu_recompute):
             hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                       attention_mask=None).last_hidden_state  # [1, L, H]
         keep = targets != IGNORE  # [1, L]

@@ -1,0 +1,80 @@
+"""The memory-light SwiGLU MLP: same loss and gradients as the model's own MLP, less saved memory."""
+
+import pytest
+import torch
+
+from conftest import random_samples, tiny_llama
+from tunesmith.data.packing import make_row
+from tunesmith.recipe import TrainConfig
+from tunesmith.train.loss import PackedLoss
+from tunesmith.train.setup import prepare_model
+from tunesmith.train.swiglu import light_swiglu_enabled
+
+
+def _model(method: str, alpha: float = 8.0):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=method, lora={"r": 4, "alpha": alpha, "dropout": 0.0})
+    model = prepare_model(tiny_llama(), cfg)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # non-zero B so that every adapter gradient is non-trivial
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("method,alpha", [("lora", 8.0), ("lora", 6.0), ("full", 8.0)])
+def test_light_swiglu_matches_the_models_own_mlp(method, alpha):
+    row = make_row(random_samples(4, seed=3))
+
+    def run(light: bool):
+        model = _model(method, alpha)
+        loss = PackedLoss(model, chunk_size=7, swiglu_recompute=light)(row.input_ids, row.position_ids, row.targets)
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    ours, g_ours = run(True)
+    ref, g_ref = run(False)
+    assert abs(ours - ref) <= 1e-6 * abs(ref)
+    assert len(g_ref) == (28 if method == "lora" else len(g_ours))
+    for name, g in g_ref.items():
+        assert g is not None and torch.allclose(g_ours[name], g, atol=1e-5, rtol=1e-4), name
+    # the MLP's own weights get gradients in full fine-tuning (down_proj's through the new path)
+    if method == "full":
+        assert g_ours["model.layers.0.mlp.down_proj.weight"].abs().sum() > 0
+
+
+def _saved_bytes(model, row, light: bool) -> int:
+    """Bytes of distinct activation storage autograd keeps for backward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        PackedLoss(model, chunk_size=7, swiglu_recompute=light)(row.input_ids, row.position_ids, row.targets)
+    return sum(seen.values())
+
+
+def test_light_swiglu_keeps_two_fewer_intermediate_tensors_per_layer():
+    model = _model("lora")
+    row = make_row(random_samples(3, seed=5))
+    tokens, inter, layers = row.n_tokens, model.config.intermediate_size, model.config.num_hidden_layers
+    saved = _saved_bytes(model, row, True)
+    plain = _saved_bytes(model, row, False)
+    # silu(gate) and silu(gate) * up are no longer kept: [tokens, intermediate] fp32 each, per layer
+    assert plain - saved == 2 * tokens * inter * 4 * layers
+
+
+def test_light_swiglu_patches_only_silu_mlps_and_restores():
+    model = _model("lora")
+    with light_swiglu_enabled(model) as n:
+        assert n == 2
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    model.get_base_model().model.layers[0].mlp.act_fn = torch.nn.GELU()
+    with light_swiglu_enabled(model) as n:
+        assert n == 1
+    with light_swiglu_enabled(model, enabled=False) as n:
+        assert n == 0
