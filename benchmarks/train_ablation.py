@@ -72,6 +72,7 @@ def main() -> None:
     from tunesmith.data.packing import pack_rows
     from tunesmith.models import load_model
     from tunesmith.train.loss import PackedLoss, full_logits_loss
+    from tunesmith.train.patching import kept_activations
     from tunesmith.train.setup import prepare_model
 
     batch = bench.step_order(bench.build_samples(64, seed=1), 8)[:8]
@@ -92,7 +93,7 @@ def main() -> None:
         most = 0
         with attention_kernel(attn):
             for row in pack_rows(batch, row_budget):
-                with saved_activations() if measure else nullcontext() as saved:
+                with kept_activations(model) if measure else nullcontext() as saved:
                     if full_logits:
                         from tunesmith.train.attention import packed_attention_enabled
                         with packed_attention_enabled(model.get_base_model()):
@@ -104,22 +105,6 @@ def main() -> None:
                 loss.backward()
         model.zero_grad(set_to_none=True)
         return most
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    @contextmanager
-    def saved_activations():
-        """Distinct tensors autograd keeps for backward (parameters excluded): ptr -> bytes."""
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in params:
-                seen[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield seen
 
     variants = [
         ("before: padded attention, PEFT LoRA forward, one 4096-token row",

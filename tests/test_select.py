@@ -317,7 +317,8 @@ def _open_together(path, barrier, rank):
 
 def test_feature_store_survives_many_processes_creating_it_at_once(tmp_path):
     # Regression: switching a fresh file to WAL while another process opened it raised
-    # "database is locked" (it failed CI in the two-rank test about 1 time in 60; 40 trials of 6 openers catch it every time).
+    # "database is locked" (it failed CI in the two-rank test about 1 time in 60; 40 trials of
+    # 6 openers caught it every time).
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")

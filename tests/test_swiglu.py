@@ -7,6 +7,7 @@ from conftest import random_samples, tiny_llama
 from tunesmith.data.packing import make_row
 from tunesmith.recipe import TrainConfig
 from tunesmith.train.loss import PackedLoss
+from tunesmith.train.patching import kept_activations
 from tunesmith.train.setup import prepare_model
 from tunesmith.train.swiglu import light_swiglu_enabled
 
@@ -43,19 +44,9 @@ def test_light_swiglu_matches_the_models_own_mlp(method, alpha):
 
 
 def _saved_bytes(model, row, light: bool) -> int:
-    """Bytes of distinct activation storage autograd keeps for backward (parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with kept_activations(model) as kept:
         PackedLoss(model, chunk_size=7, swiglu_recompute=light)(row.input_ids, row.position_ids, row.targets)
-    return sum(seen.values())
+    return sum(kept.values())
 
 
 def test_light_swiglu_keeps_two_fewer_intermediate_tensors_per_layer():

@@ -98,7 +98,8 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
     batch_size: int = Field(16, ge=1)  # samples per optimizer step
     micro_batch_size: int | None = Field(None, ge=1)  # samples per forward (default: batch_size)
-    max_tokens_per_row: int = Field(1024, ge=8)  # padding-free packing budget per forward (activation memory ~ this; a longer sample gets its own row)
+    # padding-free packing budget per forward (activation memory ~ this; a longer sample gets its own row)
+    max_tokens_per_row: int = Field(1024, ge=8)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)

@@ -15,11 +15,11 @@ variant, no dropout (p=0) -- anything else keeps PEFT's own forward.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .patching import SKIP, patched_forwards
 
 
 def _eligible(module: nn.Module) -> str | None:
@@ -56,18 +56,7 @@ def _fused_forward(module: nn.Module, name: str, x: torch.Tensor, *args, **kwarg
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-@contextmanager
 def fused_lora_enabled(model: nn.Module, enabled: bool = True):
-    """Inside the block, eligible LoRA layers of `model` use the fused forward."""
-    patched = []
-    if enabled:
-        for module in model.modules():
-            name = _eligible(module)
-            if name is not None and "forward" not in module.__dict__:
-                module.forward = lambda x, *a, _m=module, _n=name, **k: _fused_forward(_m, _n, x, *a, **k)
-                patched.append(module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
+    """Inside the block, eligible LoRA layers of `model` use the fused forward (yields how many)."""
+    return patched_forwards(model, enabled, lambda m: SKIP if (name := _eligible(m)) is None else name,
+                            _fused_forward)

@@ -16,13 +16,12 @@ Anything else -- another activation, another MLP layout -- keeps the model's own
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .fused_lora import _eligible as _plain_lora_adapter
+from .patching import SKIP, patched_forwards
 
 
 class _SwiGLUDown(torch.autograd.Function):
@@ -71,17 +70,18 @@ class _SwiGLUDown(torch.autograd.Function):
 
 
 def _swiglu_parts(mlp: nn.Module):
-    """(down LoRA adapter name or None) when `mlp` is a SwiGLU MLP we can run, else False."""
+    """The down projection's LoRA adapter name (None for an nn.Linear) when `mlp` is a SwiGLU MLP
+    we can run, else SKIP."""
     if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-        return False
+        return SKIP
     act = mlp.act_fn
     if not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
-        return False
+        return SKIP
     down = mlp.down_proj
     if type(down) is nn.Linear:
         return None
     name = _plain_lora_adapter(down)
-    return name if name is not None else False
+    return name if name is not None else SKIP
 
 
 def _light_forward(mlp: nn.Module, adapter: str | None, x: torch.Tensor) -> torch.Tensor:
@@ -106,21 +106,10 @@ def _light_forward(mlp: nn.Module, adapter: str | None, x: torch.Tensor) -> torc
     return out.view(*shape[:-1], out.shape[-1])
 
 
-@contextmanager
 def light_swiglu_enabled(model: nn.Module, enabled: bool = True):
     """Inside the block, the SwiGLU MLPs of `model` keep only gate and up for backward.
 
     Yields the number of MLPs switched over; their own forward is restored afterwards.
     """
-    patched = []
-    if enabled:
-        for module in model.modules():
-            adapter = _swiglu_parts(module)
-            if adapter is not False and "forward" not in module.__dict__:
-                module.forward = lambda x, *a, _m=module, _n=adapter, **k: _light_forward(_m, _n, x)
-                patched.append(module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
+    return patched_forwards(model, enabled, _swiglu_parts,
+                            lambda mlp, adapter, x, *a, **k: _light_forward(mlp, adapter, x))
