@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/curate_pool.py --n 4000 --seeds 0 1 2
 
 For each seed: build_fault_pool(n, seed), then dedup with the default options and a few
-alternatives (scored with data.fault_pool.score_dedup: recall of planted exact / near
+alternatives (scored with testing.fault_pool.score_dedup: recall of planted exact / near
 duplicates, false-positive rate over the rows that should stay), and decontamination against the
 `tasks` suite (recall of the planted eval copies, other rows removed).
 """
@@ -14,7 +14,7 @@ import argparse
 import time
 
 from tunesmith.curate import DecontamConfig, DedupConfig, decontaminate, dedup
-from tunesmith.data.fault_pool import build_fault_pool, score_dedup
+from tunesmith.testing.fault_pool import build_fault_pool, score_dedup
 
 VARIANTS = {
     "default (word 3-grams, no stop words, J>=0.7)": DedupConfig(),

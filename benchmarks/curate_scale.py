@@ -4,7 +4,7 @@
 
 The pool is streamed, never held: generated task items (1,000 per seed, seeds 0, 1, 2, ...) with
 planted copies of recent rows (every 20th row an exact copy with case/whitespace changes, every
-20th row, offset by 10, a near-duplicate edit from `data.fault_pool.near_dup_edit`). Task types
+20th row, offset by 10, a near-duplicate edit from `testing.fault_pool.near_dup_edit`). Task types
 with small prompt spaces (add_numbers has 2,500 prompts) repeat naturally at this size, so most
 duplicates found are natural ones. Each stage reads the stream again, so the time of generating
 the rows alone is measured first and reported separately. Peak RSS is the process's ru_maxrss.
@@ -23,7 +23,7 @@ import numpy as np
 
 from tunesmith.curate import DecontamConfig, DedupConfig, decontaminate, dedup
 from tunesmith.data.example import Example
-from tunesmith.data.fault_pool import near_dup_edit
+from tunesmith.testing.fault_pool import near_dup_edit
 from tunesmith.data.tasks import generate_tasks
 
 PER_SEED = 1000

@@ -2,7 +2,7 @@
 
     python benchmarks/selection_benchmark.py [--pool 4000] [--budget 10%] [--seeds 5] [--record]
 
-The pool (`tunesmith.data.fault_pool`) holds generated task examples over 13 task types with
+The pool (`tunesmith.testing.fault_pool`) holds generated task examples over 13 task types with
 known faults: 20% corrupted (wrong answers, responses swapped between examples), 10% near-
 duplicates, 5% exact duplicates, 1% copies of evaluation items. Every method picks the same
 budget; the benchmark reports what each picked (share of corrupted, duplicated and leaked
@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.chat import tokenize_examples
-from tunesmith.data.fault_pool import build_fault_pool
+from tunesmith.testing.fault_pool import build_fault_pool
 from tunesmith.evaluate.suites import eval_tasks
 from tunesmith.models import load_model, load_tokenizer, local_model_dir
-from tunesmith.recipe import LoraConfig, TrainConfig
+from tunesmith.train.config import LoraConfig, TrainConfig
 from tunesmith.select.features import ScoringContext, model_fingerprint
 from tunesmith.select.run import SelectOptions, parse_chain, select
 from tunesmith.train.loop import train

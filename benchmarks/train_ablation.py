@@ -52,7 +52,7 @@ def attention_kernel(kind: str):
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from tunesmith.train import attention
+    from tunesmith.kernels import attention
 
     replacement = {"per-sample": None, "padded": _padded_attention, "sdpa-mask": sdpa_attention_forward}[kind]
     if replacement is not None:
@@ -71,8 +71,8 @@ def main() -> None:
 
     from tunesmith.data.packing import pack_rows
     from tunesmith.models import load_model
-    from tunesmith.train.loss import PackedLoss, full_logits_loss
-    from tunesmith.train.patching import kept_activations
+    from tunesmith.testing.reference import full_logits_loss, kept_activations
+    from tunesmith.train.loss import PackedLoss
     from tunesmith.train.setup import prepare_model
 
     batch = bench.step_order(bench.build_samples(64, seed=1), 8)[:8]
@@ -95,7 +95,7 @@ def main() -> None:
             for row in pack_rows(batch, row_budget):
                 with kept_activations(model) if measure else nullcontext() as saved:
                     if full_logits:
-                        from tunesmith.train.attention import packed_attention_enabled
+                        from tunesmith.kernels.attention import packed_attention_enabled
                         with packed_attention_enabled(model.get_base_model()):
                             loss = full_logits_loss(model, row.input_ids, row.position_ids, row.targets)
                     else:

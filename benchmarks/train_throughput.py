@@ -41,7 +41,7 @@ def _model_and_cfg(steps: int, batch: int):
     import torch
 
     from tunesmith.models import load_model
-    from tunesmith.recipe import TrainConfig
+    from tunesmith.train.config import TrainConfig
     from tunesmith.train.setup import prepare_model
 
     cfg = TrainConfig(method="lora", batch_size=batch, max_steps=steps, lr=2e-3, warmup_steps=2, save_every=10**6)

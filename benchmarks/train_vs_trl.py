@@ -152,22 +152,10 @@ def model_flops(samples, n_body: int, n_head: int) -> float:
 
 
 def heldout_loss(model, samples) -> float:
-    """Mean next-token loss over the held-out assistant tokens, one sample at a time, eval mode."""
-    import torch
-    import torch.nn.functional as F
+    """Mean next-token loss over the held-out assistant tokens (tunesmith's loss suite, eval mode)."""
+    from tunesmith.evaluate.suites import eval_loss
 
-    from tunesmith.data.chat import IGNORE
-    from tunesmith.data.packing import shift_labels
-
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for s in samples:
-            logits = model(input_ids=torch.tensor([s.input_ids]), use_cache=False).logits[0].float()
-            t = torch.tensor(shift_labels(s.labels))
-            total += float(F.cross_entropy(logits, t, ignore_index=IGNORE, reduction="sum"))
-            count += int((t != IGNORE).sum())
-    return total / count
+    return eval_loss(model, samples)["score"]
 
 
 def _vm_hwm_mb() -> float:
@@ -185,7 +173,7 @@ def _lora_config():
 
 
 def _train_config(n: int, batch: int, **extra):
-    from tunesmith.recipe import TrainConfig
+    from tunesmith.train.config import TrainConfig
 
     return TrainConfig(method="lora", batch_size=batch, max_steps=n // batch, lr=LR, warmup_steps=0,
                        min_lr_ratio=MIN_LR_RATIO, weight_decay=0.0, grad_clip=1.0, seed=SEED,

@@ -13,9 +13,9 @@ from tunesmith.curate.hashing import TokenHasher, flatten, ngram_hashes, to32, t
 from tunesmith.curate.minhash import MinHasher, jaccard_pairs
 from tunesmith.curate.text import dedup_tokens, exact_key
 from tunesmith.data.example import Example
-from tunesmith.data.fault_pool import FAULTS, build_fault_pool, score_dedup
 from tunesmith.data.tasks import check_answer, generate_train_eval
 from tunesmith.errors import UsageError
+from tunesmith.testing.fault_pool import FAULTS, build_fault_pool, score_dedup
 
 
 @pytest.fixture(scope="module")

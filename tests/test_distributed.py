@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import random_samples, tiny_llama
-from tunesmith.recipe import TrainConfig
+from tunesmith.train.config import TrainConfig
 
 CFG = dict(method="full", batch_size=8, max_steps=3, lr=1e-3, warmup_steps=0, save_every=100)
 

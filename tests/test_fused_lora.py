@@ -5,7 +5,7 @@ import torch
 
 from conftest import random_samples, tiny_llama
 from tunesmith.data.packing import make_row
-from tunesmith.recipe import TrainConfig
+from tunesmith.train.config import TrainConfig
 from tunesmith.train.fused_lora import fused_lora_enabled
 from tunesmith.train.loss import PackedLoss
 from tunesmith.train.setup import prepare_model

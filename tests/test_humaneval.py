@@ -10,8 +10,9 @@ import time
 import pytest
 
 from tunesmith.errors import UserError
-from tunesmith.evaluate import humaneval
-from tunesmith.evaluate.humaneval import extract_code, load_humaneval, pass_at_k, program_for, score_humaneval
+from tunesmith.evalsets import humaneval
+from tunesmith.evalsets.humaneval import load_humaneval
+from tunesmith.evaluate.humaneval import extract_code, pass_at_k, program_for, score_humaneval
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from tunesmith.errors import UserError
-from tunesmith.evaluate.ifbench import (ifbench_data_file, load_ifbench_prompts, match_responses,
-                                        reference_ifbench_scores, score_ifbench)
-from tunesmith.evaluate.ifcheck import no_spacy_model_download
-from tunesmith.evaluate.ifeval import SUPPORTED, ifeval_items, score_ifeval
-from tunesmith.evaluate.nltk_offline import ensure_nltk_data, offline_download
+from tunesmith.evalsets.ifbench import ifbench_data_file, load_ifbench_prompts
+from tunesmith.evalsets.ifcheck import no_spacy_model_download
+from tunesmith.evalsets.ifeval import SUPPORTED, ifeval_items
+from tunesmith.evalsets.nltk_offline import ensure_nltk_data, offline_download
+from tunesmith.evaluate.ifbench import match_responses, reference_ifbench_scores, score_ifbench
+from tunesmith.evaluate.ifeval import score_ifeval
 
 FOUR = ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose")
 
@@ -204,12 +205,14 @@ _OFFLINE_RUN = textwrap.dedent("""
     socket.create_connection = socket.getaddrinfo = urllib.request.urlopen = refuse
     import nltk.downloader
     nltk.downloader.Downloader.download = refuse  # the real nltk.download, whoever calls it
+    from tunesmith.evalsets.ifbench import ifbench_data_file, load_ifbench_prompts
+    from tunesmith.evalsets.ifeval import ifeval_items
     from tunesmith.evaluate import ifbench, ifeval
-    path = ifbench.ifbench_data_file("sample_output.jsonl")
-    items, responses = ifbench.match_responses(ifbench.load_ifbench_prompts(), path)
+    path = ifbench_data_file("sample_output.jsonl")
+    items, responses = ifbench.match_responses(load_ifbench_prompts(), path)
     ours = ifbench.score_ifbench(items, responses)
     ref = ifbench.reference_ifbench_scores(path)
-    ev = ifeval.ifeval_items(5, seed=0)
+    ev = ifeval_items(5, seed=0)
     ev_score = ifeval.score_ifeval(ev, ["x"] * 5)
     keys = %r
     print(json.dumps({"ours": [ours[k] for k in keys], "ref": [ref[k] for k in keys], "ifeval_n": ev_score["n"]}))

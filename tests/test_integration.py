@@ -11,7 +11,7 @@ from tunesmith.data.chat import tokenize_examples
 from tunesmith.data.tasks import generate_examples
 from tunesmith.evaluate.generate import generate
 from tunesmith.export.merge import merged_model, save_adapter, save_merged
-from tunesmith.recipe import TrainConfig
+from tunesmith.train.config import TrainConfig
 from tunesmith.train.loop import train
 from tunesmith.train.setup import prepare_model
 
@@ -69,7 +69,7 @@ def test_data_check_reports_each_bad_row_with_its_line(tmp_path, capsys):
         {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
     ]
     bad.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
-    code = main(["data", "check", "--data", str(bad), "--out", str(tmp_path / "out")])
+    code = main(["data", "check", str(bad), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1
     for line, kind in ((2, "bad_json"), (3, "role_order"), (4, "missing_field"), (5, "empty_assistant")):
@@ -78,7 +78,7 @@ def test_data_check_reports_each_bad_row_with_its_line(tmp_path, capsys):
     rejects = [json.loads(l) for l in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejects] == [2, 3, 4, 5]
     # With skip, the good rows go through and the counts add up.
-    code = main(["data", "check", "--data", str(bad), "--out", str(tmp_path / "out2"), "--data.on_error", "skip"])
+    code = main(["data", "check", str(bad), "--out", str(tmp_path / "out2"), "--data.on_error", "skip"])
     assert code == 0
     report = json.loads((tmp_path / "out2" / "data_report.json").read_text())
     assert (report["total"], report["kept"], report["rejected"]) == (6, 2, 4)
@@ -96,16 +96,22 @@ def test_bad_recipe_key_is_one_clear_message(tmp_path, capsys):
 
 def test_eval_verb_writes_per_suite_records(tmp_path, capsys):
     out = tmp_path / "ev"
-    code = main(["eval", "smollm2-135m-instruct", "--suite", "tasks,loss", "--limit", "4", "--tasks-n", "13",
+    code = main(["eval", "smollm2-135m-instruct", "--suites", "tasks,loss", "--limit", "4", "--tasks-n", "13",
                  "--max-new-tokens", "6", "--out", str(out)])
     assert code == 0
-    tasks = json.loads((out / "tasks.json").read_text())
-    loss = json.loads((out / "loss.json").read_text())
+    tasks = json.loads((out / "eval" / "model" / "tasks.json").read_text())  # one layout: <dir>/eval/<label>/
+    loss = json.loads((out / "eval" / "model" / "loss.json").read_text())
     assert tasks["n"] == 4 and len(tasks["records"]) == 4 and 0.0 <= tasks["score"] <= 1.0
     assert tasks["score"] == sum(r["correct"] for r in tasks["records"]) / 4
     assert loss["n"] == 4 and loss["score"] > 0 and len(loss["records"]) == 4
     assert "evaluation of smollm2-135m-instruct" in capsys.readouterr().out
-    assert main(["eval", "smollm2-135m-instruct", "--suite", "tasks,nonsense"]) == 2
+    assert main(["eval", "smollm2-135m-instruct", "--suites", "tasks,nonsense"]) == 2
+    # Nothing is replaced silently: the same suites again need --overwrite.
+    assert main(["eval", "smollm2-135m-instruct", "--suites", "tasks", "--limit", "2", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["eval", "smollm2-135m-instruct", "--suites", "tasks", "--limit", "2", "--tasks-n", "13",
+                 "--max-new-tokens", "6", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "eval" / "model" / "tasks.json").read_text())["n"] == 2
 
 
 def test_generate_and_chat_verbs(capsys, monkeypatch, smol_model, smol_tokenizer):

@@ -6,8 +6,10 @@ import torch
 from conftest import random_samples, tiny_llama
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.packing import make_row, pack_rows, shift_labels
-from tunesmith.train.attention import packed_attention_enabled
-from tunesmith.train.loss import PackedLoss, chunked_cross_entropy, full_logits_loss
+from tunesmith.kernels.attention import packed_attention_enabled
+from tunesmith.kernels.loss import chunked_cross_entropy
+from tunesmith.testing.reference import full_logits_loss
+from tunesmith.train.loss import PackedLoss
 
 
 def test_shift_never_crosses_samples():
@@ -70,7 +72,7 @@ def test_chunked_loss_and_grads_equal_full_logit_loss(chunk):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_packed_label_only_loss_matches_plain_loss_in_a_model(method):
-    from tunesmith.recipe import TrainConfig
+    from tunesmith.train.config import TrainConfig
     from tunesmith.train.setup import prepare_model
 
     samples = random_samples(4, seed=4)

@@ -10,26 +10,22 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 FIXTURE = Path(__file__).parent / "fixtures" / "quickstart_first20_losses.json"
 STEPS = 20
 
 
 def quickstart_losses(tmp_path) -> list[float]:
-    from tunesmith.data.prepare import prepare_data
-    from tunesmith.models import load_model, load_tokenizer, parse_dtype
-    from tunesmith.recipe import load_recipe
+    from tunesmith.models import load_model_and_tokenizer
+    from tunesmith.stages.prepare import prepare_data
+    from tunesmith.stages.recipe import load_recipe
+    from tunesmith.stages.train import setup_model
     from tunesmith.train.loop import train
-    from tunesmith.train.setup import prepare_model
+    from tunesmith.ui import quiet
 
     recipe = load_recipe("recipes/quickstart.yaml", {"output.dir": str(tmp_path / "run")})
-    quiet = lambda *a: None  # noqa: E731
-    tokenizer = load_tokenizer(recipe.model.name, log=quiet)
-    data = prepare_data(recipe, tokenizer, None)
-    model = load_model(recipe.model.name, parse_dtype(recipe.model.dtype), log=quiet)
-    torch.manual_seed(recipe.train.seed)
-    model = prepare_model(model, recipe.train)
+    model, tokenizer = load_model_and_tokenizer(recipe.model, log=quiet)
+    data = prepare_data(recipe.data, recipe.curate, recipe.select, recipe.model, tokenizer, None)
+    model = setup_model(model, recipe.train)
     result = train(model, data.train_samples, recipe.train, None, stop_after=STEPS)
     return result.losses
 

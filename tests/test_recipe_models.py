@@ -4,7 +4,7 @@ import pytest
 
 from tunesmith.errors import UsageError, UserError
 from tunesmith.models import resolve_model
-from tunesmith.recipe import load_recipe
+from tunesmith.stages.recipe import load_recipe
 
 
 def test_overrides_are_typed_and_nested(tmp_path):

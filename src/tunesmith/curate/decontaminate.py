@@ -33,12 +33,12 @@ import numpy as np
 
 from tunesmith.data.example import Example
 from tunesmith.errors import UsageError
+from tunesmith.evalsets.prompts import DEFAULT_SUITES, EvalPrompt, eval_prompts
 
 from .dedup import chunks
 from .hashing import TokenHasher, flatten, ngram_hashes, whole_hashes
 from .minhash import gather
-from .progress import progress_bar
-from .suites import DEFAULT_SUITES, EvalPrompt, eval_prompts
+from tunesmith.ui import progress_bar
 from .text import user_text, word_tokens
 
 SHOWN_CHARS = 300  # eval prompts longer than this are shortened in reports
@@ -48,7 +48,7 @@ SHOWN_CHARS = 300  # eval prompts longer than this are shortened in reports
 class DecontamConfig:
     """Options of `decontaminate` (CLI: `tunesmith data decontaminate`).
 
-    suites:    eval suites to index (curate.suites.SUITES)
+    suites:    eval suites to index (evalsets.prompts.SUITES)
     ngram:     word n-gram size
     threshold: overlap score (see module docstring) at or above which a row is dropped
     max_df:    an n-gram held by more than this many eval prompts is boilerplate and not counted
@@ -250,7 +250,7 @@ def decontaminate(examples: Iterable[Example], config: DecontamConfig | None = N
         raise UsageError(f"the eval index uses {index.ngram}-grams but ngram={cfg.ngram} was asked for")
     t1 = time.perf_counter()
     keep_parts, hits, n = [], [], 0
-    with progress_bar("decontaminate", total, progress) as advance:
+    with progress_bar("decontaminate", total, "rows", show=progress) as advance:
         for chunk in chunks(examples, cfg.chunk_size):
             best, item, matched, grams = index.score_chunk([user_text(ex) for ex in chunk])
             flagged = best >= cfg.threshold

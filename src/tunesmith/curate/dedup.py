@@ -33,7 +33,7 @@ from tunesmith.errors import UsageError
 
 from . import minhash as mh
 from .hashing import TokenHasher, chars_to_tokens, flatten, ngram_hashes, to32
-from .progress import progress_bar
+from tunesmith.ui import progress_bar
 from .text import STOP_WORDS, dedup_string, dedup_tokens, exact_key
 
 SHINGLES = ("word", "char")
@@ -146,7 +146,7 @@ def dedup(examples: Iterable[Example], config: DedupConfig | None = None, *, tot
     cfg = (config or DedupConfig()).validate()
     state = _State(cfg)
     t0 = time.perf_counter()
-    with progress_bar("dedup: hashing", total, progress) as advance:
+    with progress_bar("dedup: hashing", total, "rows", show=progress) as advance:
         for chunk in chunks(examples, cfg.chunk_size):
             state.add(chunk)
             advance(len(chunk))

@@ -19,17 +19,16 @@ from typing import Any
 import numpy as np
 
 from tunesmith.data.example import Example
+from tunesmith.io import atomic_open, write_json
 
 
 def write_curated(examples: Iterable[Example], keep: np.ndarray, reasons: dict[int, str], out_dir: str | os.PathLike,
                   report: dict[str, Any]) -> dict[str, Path]:
     """Write kept.jsonl, removed.jsonl and report.json into out_dir; returns their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"kept": out / "kept.jsonl", "removed": out / "removed.jsonl", "report": out / "report.json"}
-    tmp = {k: p.with_name(p.name + ".tmp") for k, p in paths.items()}
     n = 0
-    with open(tmp["kept"], "w", encoding="utf-8") as kept, open(tmp["removed"], "w", encoding="utf-8") as removed:
+    with atomic_open(paths["kept"]) as kept, atomic_open(paths["removed"]) as removed:
         for i, ex in enumerate(examples):
             n += 1
             if keep[i]:
@@ -37,18 +36,7 @@ def write_curated(examples: Iterable[Example], keep: np.ndarray, reasons: dict[i
             else:
                 removed.write(json.dumps({"row": i, "source": ex.source, "line": ex.line, "reason": reasons.get(i, ""),
                                           "messages": ex.messages}, ensure_ascii=False) + "\n")
-    if n != len(keep):
-        raise ValueError(f"examples changed between passes: {n} rows now, {len(keep)} before")
-    tmp["report"].write_text(json.dumps(report, indent=1, ensure_ascii=False, default=_plain) + "\n", encoding="utf-8")
-    for k, p in paths.items():
-        os.replace(tmp[k], p)
+        if n != len(keep):
+            raise ValueError(f"examples changed between passes: {n} rows now, {len(keep)} before")
+    write_json(paths["report"], report, indent=1)
     return paths
-
-
-def _plain(value: Any) -> Any:
-    """JSON for numpy scalars and tuples in reports."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -8,8 +8,6 @@ count rejects by cause, and later stages add their own kinds (e.g. "overlong").
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 from collections import Counter
@@ -29,6 +27,8 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.readers import iter_records, resolve_paths
 from tunesmith.errors import DataError, UsageError
+from tunesmith.io import write_jsonl
+from tunesmith.ui import progress_bar
 
 ON_ERROR = ("fail", "skip")
 MAX_LISTED = 20  # rejects listed in a DataError message; the rest are counted
@@ -74,16 +74,13 @@ def load_examples(
     rejects: list[Reject] = []
     formats: Counter[str] = Counter()
     total = 0
-    with _progress(show_progress) as progress:
+    with progress_bar("reading data", None, "rows", show=show_progress) as advance:
         for path in paths:
             source = str(path)
-            task = progress.add_task(source, total=None) if progress else None
-            n = 0  # rows read from this file
             for rec in iter_records(path):
-                n += 1
                 total += 1
-                if progress and n % PROGRESS_EVERY == 0:
-                    progress.update(task, completed=n)
+                if total % PROGRESS_EVERY == 0:
+                    advance(PROGRESS_EVERY, extra=source)
                 if rec.error is not None:
                     rejects.append(Reject(source, rec.line, rec.error, rec.text))
                     continue
@@ -93,8 +90,7 @@ def load_examples(
                 else:
                     examples.append(item)
                     formats[item.meta["format"]] += 1
-            if progress:
-                progress.update(task, completed=n)
+        advance(total % PROGRESS_EVERY)
 
     result = LoadResult(examples, rejects, total, dict(sorted(formats.items())))
     if rejects_path is not None:
@@ -121,16 +117,11 @@ def convert_row(row: dict[str, Any], fmt: str, source: str, line: int) -> Exampl
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | os.PathLike) -> Path:
-    """Write rejects as JSONL (one Reject.to_json per line), atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for reject in rejects:
-            # default=str: Parquet rows can hold dates, decimals or bytes, which JSON cannot.
-            f.write(json.dumps(reject.to_json(), ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write rejects as JSONL (one Reject.to_json per line), atomically; returns the path.
+
+    Values JSON cannot hold (Parquet dates, decimals, bytes) are written as text."""
+    write_jsonl(path, (r.to_json() for r in rejects))
+    return Path(path)
 
 
 def reason_kind(reason: str) -> str:
@@ -178,20 +169,3 @@ def _fail_message(result: LoadResult, rejects_path: Path | None) -> str:
         lines.append(f"All rejected rows are in {rejects_path}.")
     lines.append("Hint: fix the rows or set data.on_error: skip to train on the rest.")
     return "\n".join(lines)
-
-
-def _progress(show: bool):
-    """A rich progress display on stderr (rows read per file), or nothing."""
-    if not show:
-        return contextlib.nullcontext(None)
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("reading {task.description}"),
-        TextColumn("{task.completed} rows"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )

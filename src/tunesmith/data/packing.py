@@ -14,6 +14,10 @@ import torch
 
 from .chat import IGNORE, TokenizedExample
 
+# Tokens per packed row (one forward pass): activation memory grows with it. One default for
+# training, loss evaluation and gradient scoring, so the same samples are packed the same way.
+MAX_TOKENS_PER_ROW = 1024
+
 
 @dataclass
 class PackedRow:

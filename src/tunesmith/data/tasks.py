@@ -62,6 +62,8 @@ EMAIL_TEMPLATES: tuple[str, ...] = (
 
 # Offset between a train seed and the seed its held-out eval items are drawn with.
 EVAL_SEED_OFFSET = 1_000_003
+TARGET_SEED_OFFSET = 2_000_003  # generated selection targets: a seed disjoint from train and eval items
+HELD_OUT_TASKS = 260  # held-out task items by default (20 per task type): eval, decontamination, recipes
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ TASK_TYPES: tuple[str, ...] = tuple(_GENERATORS)
 # ---------------------------------------------------------------------------------------------
 
 
-def _resolve_types(task_types: Sequence[str] | None) -> tuple[str, ...]:
+def resolve_types(task_types: Sequence[str] | None) -> tuple[str, ...]:
     """The task types to cycle through, validated; None means all of TASK_TYPES."""
     if task_types is None:
         return TASK_TYPES
@@ -268,7 +270,7 @@ def generate_tasks(
     depends only on (n, seed, task_types): one `random.Random(seed)` drives every draw, and a
     shorter list is a prefix of a longer one with the same seed and types.
     """
-    return _generate(n, seed, _resolve_types(task_types))
+    return _generate(n, seed, resolve_types(task_types))
 
 
 def generate_examples(
@@ -297,7 +299,7 @@ def generate_train_eval(
     are drawn like `generate_tasks(n_train, seed, task_types)`, except that a draw whose prompt
     is in the eval set is thrown away and redrawn (same type, so round-robin counts hold).
     """
-    types = _resolve_types(task_types)
+    types = resolve_types(task_types)
     eval_items = _generate(n_eval, seed + EVAL_SEED_OFFSET, types, unique=True)
     skip = frozenset(item.prompt for item in eval_items)
     return _generate(n_train, seed, types, skip), eval_items
@@ -329,7 +331,7 @@ def check_answer(task: str, output: str, answer: str) -> bool:
     outputs are parsed and compared as objects (key order and spacing do not matter, value
     types do); every other type needs exact, case-sensitive string equality.
     """
-    _resolve_types([task])
+    resolve_types([task])
     out, ref = _normalise(output), _normalise(answer)
     if task == "json_object":
         ref_json = _canonical_json(ref)

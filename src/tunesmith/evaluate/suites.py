@@ -11,13 +11,11 @@ from collections import defaultdict
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..data.chat import IGNORE, TokenizedExample
-from ..data.packing import PackedRow, pack_rows
+from ..data.chat import TokenizedExample
+from ..data.packing import MAX_TOKENS_PER_ROW, pack_rows
 from ..data.tasks import TaskItem, check_answer
-from ..train.attention import packed_attention_enabled
-from ..train.loss import unwrap
+from ..kernels.loss import packed_token_losses
 from .generate import generate
 
 
@@ -46,24 +44,7 @@ def eval_tasks(model, tokenizer, items: list[TaskItem], max_new_tokens: int = 32
 
 
 @torch.no_grad()
-def token_losses(model, row, chunk_size: int = 512) -> torch.Tensor:
-    """Cross-entropy of every target position of a packed row, in row order: [n_targets]."""
-    lm = unwrap(model)
-    with packed_attention_enabled(lm):
-        hidden = lm.get_decoder()(input_ids=row.input_ids, position_ids=row.position_ids, use_cache=False,
-                                  attention_mask=None).last_hidden_state  # [1, L, H]
-    keep = row.targets != IGNORE
-    h, t = hidden[keep], row.targets[keep]  # [M, H], [M]
-    head = lm.get_output_embeddings()
-    out = []
-    for start in range(0, h.shape[0], chunk_size):  # [C, V] at a time, never [M, V]
-        logits = head(h[start:start + chunk_size]).float()
-        out.append(F.cross_entropy(logits, t[start:start + chunk_size], reduction="none"))
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-@torch.no_grad()
-def eval_loss(model, samples: list[TokenizedExample], max_tokens_per_row: int = 4096,
+def eval_loss(model, samples: list[TokenizedExample], max_tokens_per_row: int = MAX_TOKENS_PER_ROW,
               chunk_size: int = 512) -> dict[str, Any]:
     """Mean cross-entropy per assistant (label) token on held-out conversations, with per-item losses."""
     model.eval()
@@ -72,8 +53,8 @@ def eval_loss(model, samples: list[TokenizedExample], max_tokens_per_row: int = 
     for row in pack_rows(samples, max_tokens_per_row):
         row_samples = samples[offset:offset + row.n_samples]
         offset += row.n_samples
-        losses = token_losses(model, PackedRow(row.input_ids.to(device), row.position_ids.to(device),
-                                               row.targets.to(device), row.n_samples), chunk_size).double()
+        losses = packed_token_losses(model, row.input_ids.to(device), row.position_ids.to(device),
+                                     row.targets.to(device), chunk_size).double()
         # Targets appear in sample order, so each sample owns the next n_trainable losses.
         pos = 0
         for s in row_samples:

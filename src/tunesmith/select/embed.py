@@ -14,7 +14,9 @@ import torch
 
 from ..data.example import Example
 from ..data.chat import IGNORE
-from .features import ScoringContext, backbone_and_head, compute_cached, label_token_losses, pad_batch
+from ..kernels.loss import padded_label_losses
+from ..kernels.unwrap import backbone_and_head
+from .features import ScoringContext, compute_cached, pad_batch
 
 
 def position_weighted_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,7 +40,7 @@ def forward_features(ctx: ScoringContext, examples: Sequence[Example]) -> np.nda
         labels, _ = pad_batch([t.labels for t in toks], IGNORE)
         hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, H]
         pooled = torch.nn.functional.normalize(position_weighted_mean(hidden.float(), mask), dim=-1)
-        loss, count = label_token_losses(head, hidden, labels)
+        loss, count = padded_label_losses(head, hidden, labels)
         return torch.cat([pooled, loss[:, None].float(), count[:, None].float()], dim=1).numpy()
 
     was_training = ctx.model.training

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import ui
-from ..data.chat import IGNORE, TokenizedExample, end_of_turn_ids, tokenize_conversation
+from ..data.chat import TokenizedExample, end_of_turn_ids, tokenize_conversation
 from ..data.example import Example
 from ..models import cache_root
 from ..train.distributed import DistInfo, barrier, init_distributed
@@ -74,12 +74,6 @@ class ScoringContext:
         return self._tokenized[key]
 
 
-def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The decoder stack (returns final normed hidden states) and the lm_head, through PEFT."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
-
-
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids [B, T] and attention mask [B, T] (right padding never disturbs a causal
     model's real positions)."""
@@ -90,22 +84,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
     return ids, mask
-
-
-def label_token_losses(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss per row over label positions only (logits never formed elsewhere).
-
-    hidden [B, T, H], labels [B, T] (IGNORE where untrained) -> (mean loss [B], count [B]).
-    """
-    targets = torch.full_like(labels, IGNORE)
-    targets[:, :-1] = labels[:, 1:]  # position t predicts token t+1
-    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
-    logits = head(hidden[rows, cols]).float()  # [N, V], N = label tokens in the batch
-    tok_loss = torch.nn.functional.cross_entropy(logits, targets[rows, cols], reduction="none")
-    B = labels.shape[0]
-    total = torch.zeros(B, dtype=tok_loss.dtype).index_add_(0, rows, tok_loss)
-    count = torch.zeros(B, dtype=tok_loss.dtype).index_add_(0, rows, torch.ones_like(tok_loss))
-    return total / count.clamp(min=1), count
 
 
 def compute_cached(ctx: ScoringContext, store_name: str, kind: str, params: dict, examples: Sequence[Example],
@@ -151,15 +129,5 @@ def compute_cached(ctx: ScoringContext, store_name: str, kind: str, params: dict
     return np.stack([have[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
 
 
-class _NoProgress:
-    def __enter__(self):
-        return lambda n=1, extra="": None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _progress(ctx: ScoringContext, label: str, total: int):
-    if ctx.show_progress and ctx.info.is_main:
-        return ui.progress_bar(label, total, "examples")
-    return _NoProgress()
+    return ui.progress_bar(label, total, "examples", show=ctx.show_progress and ctx.info.is_main)

@@ -16,7 +16,9 @@ import torch
 from ..data.chat import IGNORE, render
 from ..data.example import Example
 from .embed import forward_features
-from .features import ScoringContext, backbone_and_head, compute_cached, label_token_losses, pad_batch
+from ..kernels.loss import padded_label_losses
+from ..kernels.unwrap import backbone_and_head
+from .features import ScoringContext, compute_cached, pad_batch
 
 
 def _assistant_header(tokenizer) -> list[int]:
@@ -43,7 +45,7 @@ def response_losses(ctx: ScoringContext, examples: Sequence[Example]) -> np.ndar
         ids, mask = pad_batch([header + a for a in alone], pad)
         labels, _ = pad_batch([[IGNORE] * len(header) + a for a in alone], IGNORE)
         hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-        loss, _ = label_token_losses(head, hidden, labels)
+        loss, _ = padded_label_losses(head, hidden, labels)
         return loss[:, None].float().numpy()
 
     conditioned = forward_features(ctx, examples)[:, -2:]  # [n, 2]: loss given prompt, tokens

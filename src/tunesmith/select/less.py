@@ -24,12 +24,14 @@ import numpy as np
 import torch
 
 from ..data.example import Example
-from ..recipe import TrainConfig
 from ..train.checkpoint import latest_checkpoint, load_checkpoint
+from ..train.config import TrainConfig
 from ..train.distributed import DistInfo, barrier
 from ..train.loop import train
 from ..train.setup import load_trainable_state, trainable_state
-from .features import ScoringContext, backbone_and_head, compute_cached, label_token_losses, pad_batch
+from ..kernels.loss import padded_label_losses
+from ..kernels.unwrap import backbone_and_head
+from .features import ScoringContext, compute_cached, pad_batch
 from .store import content_key
 
 
@@ -62,7 +64,7 @@ def warmed_up_model(ctx: ScoringContext, examples: Sequence[Example], cfg: LessC
     run_dir = ctx.cache_dir / "less" / key
     train_cfg = TrainConfig(method="lora", epochs=cfg.warmup_epochs,
                             batch_size=cfg.warmup_batch, lr=cfg.warmup_lr, warmup_steps=2, seed=cfg.seed,
-                            save_every=10_000, keep_checkpoints=1, max_tokens_per_row=2048)
+                            save_every=10_000, keep_checkpoints=1)
     model = _lora_copy(ctx.model, cfg)
     info = ctx.info
     done = run_dir / "checkpoints"
@@ -137,7 +139,7 @@ class GradientFeatures:
         try:
             backbone, head = backbone_and_head(self.model)
             hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-            per_example, _ = label_token_losses(head, hidden, labels)
+            per_example, _ = padded_label_losses(head, hidden, labels)
             # Examples do not interact (right padding, causal attention), so the gradient of the
             # sum holds each example's own gradient at its own positions.
             torch.autograd.grad(per_example.sum(), list(self.params.values()))

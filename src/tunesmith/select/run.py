@@ -6,7 +6,6 @@ final budget by RDS+ from what is left; every step's scores are kept for every e
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..data.example import Example
 from ..errors import UsageError
+from ..io import write_json, write_jsonl
 from .budget import parse_budget
 from .features import ScoringContext
 from .less import LessConfig, less_features, less_score_matrix
@@ -196,22 +196,21 @@ def _row(ex: Example) -> dict[str, Any]:
 def write_selection(out_dir: str | Path, pool: Sequence[Example], sel: Selection, extra: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """selected.jsonl (messages format), scores.jsonl (one row per pool example) and
-    selection_report.json in out_dir; returns the report."""
+    selection_report.json in out_dir, each written atomically; returns the report."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rank = {int(i): r for r, i in enumerate(sel.indices)}
-    with open(out / "selected.jsonl", "w", encoding="utf-8") as f:
-        for i in sel.indices:
-            f.write(json.dumps(_row(pool[int(i)]), ensure_ascii=False) + "\n")
-    with open(out / "scores.jsonl", "w", encoding="utf-8") as f:
-        for i, ex in enumerate(pool):
-            row = {"index": i, "source": ex.source, "line": ex.line, "selected": i in rank,
-                   "rank": rank.get(i)}
-            for method, values in sel.scores.items():
-                v = float(values[i])
-                row[method] = None if math.isnan(v) else round(v, 6)
-            f.write(json.dumps(row) + "\n")
+    write_jsonl(out / "selected.jsonl", (_row(pool[int(i)]) for i in sel.indices))
+    write_jsonl(out / "scores.jsonl", (_score_row(i, ex, rank, sel) for i, ex in enumerate(pool)))
     report = {"pool": len(pool), "selected": int(len(sel.indices)), "steps": sel.steps,
               "coverage": coverage(pool, sel.indices), **(extra or {})}
-    (out / "selection_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "selection_report.json", report)
     return report
+
+
+def _score_row(i: int, ex: Example, rank: dict[int, int], sel: Selection) -> dict[str, Any]:
+    """One pool example's line of scores.jsonl: where it came from, whether chosen, every score."""
+    row = {"index": i, "source": ex.source, "line": ex.line, "selected": i in rank, "rank": rank.get(i)}
+    for method, values in sel.scores.items():
+        v = float(values[i])
+        row[method] = None if math.isnan(v) else round(v, 6)
+    return row

@@ -2,14 +2,13 @@
 
 A checkpoint is a directory `checkpoints/step-000123/` holding the trainable weights
 (safetensors), optimizer and scheduler state, every RNG state, and the step. It is written into a
-temporary directory, a `COMPLETE` marker is written last, and only then is the directory renamed
-into place: a run killed mid-write leaves a `.tmp` directory that resume ignores.
+temporary (hidden) directory, a `COMPLETE` marker is written last, everything is fsynced, and only
+then is the directory renamed into place: a run killed mid-write leaves no `step-*` directory.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..io import atomic_dir
 
 MARKER = "COMPLETE"
 
@@ -44,35 +45,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], optimizer, scheduler,
                     extra: dict[str, Any], keep: int, protect: int | None = None) -> Path:
     """Write checkpoint `step` atomically and prune all but the newest `keep` complete ones
     (never the `protect` step: the best checkpoint so far)."""
     final = ckpt_root / f"step-{step:06d}"
-    tmp = ckpt_root / f"step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "state.pt")
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, **extra}, indent=2))
-    for f in tmp.iterdir():  # data on disk before the marker says it is
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    (tmp / MARKER).write_text(str(step))
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    with atomic_dir(final, durable=True) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / "state.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+        (tmp / MARKER).write_text(str(step))
     for old in complete_checkpoints(ckpt_root)[:-keep]:
         if protect is None or old.name != f"step-{protect:06d}":
             shutil.rmtree(old, ignore_errors=True)

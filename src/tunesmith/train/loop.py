@@ -9,11 +9,10 @@ into micro-batches or ranks (4x2, 1x8, 2 ranks x 4) computes the same gradient.
 
 from __future__ import annotations
 
-import json
 import math
-import time
 import signal
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,14 @@ from torch import nn
 
 from ..data.chat import TokenizedExample
 from ..data.packing import pack_rows
-from ..recipe import TrainConfig
+from .config import TrainConfig
+from ..errors import UserError
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .loss import PackedLoss
 from .schedule import build_optimizer, build_scheduler
 from .setup import load_trainable_state, trainable_state
+from .tracking import BestTracker, MetricsLog
 
 
 @dataclass
@@ -99,71 +100,6 @@ def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: Tra
     return loss_sum, n_tokens, len(rows)
 
 
-class BestTracker:
-    """Remembers the best evaluated step by one metric, in checkpoints/best.json (survives resume)."""
-
-    def __init__(self, ckpt_root: Path, metric: str, lower_is_better: bool):
-        self.path = ckpt_root / "best.json"
-        self.metric, self.lower = metric, lower_is_better
-        self.step: int | None = None
-        self.value: float | None = None
-        self.history: list[dict] = []
-        if self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if saved.get("metric") == metric:
-                self.step, self.value, self.history = saved["step"], saved["value"], saved.get("history", [])
-
-    def update(self, step: int, scores: dict[str, float]) -> bool:
-        """Record this evaluation; True when it is the new best."""
-        value = scores.get(self.metric)
-        if value is None:
-            return False
-        self.history.append({"step": step, "value": value})
-        better = self.value is None or (value < self.value if self.lower else value > self.value)
-        if better:
-            self.step, self.value = step, value
-        return better
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"metric": self.metric, "lower_is_better": self.lower, "step": self.step,
-                                   "value": self.value, "history": self.history}, indent=2))
-        tmp.replace(self.path)
-
-
-class MetricsLog:
-    """Appends one JSON line per logged step to metrics.jsonl (rank 0 only), optional TensorBoard."""
-
-    def __init__(self, path: Path | None, tensorboard_dir: Path | None, resume_step: int):
-        self.path = path
-        self.writer = None
-        if path is not None and path.exists():  # drop lines past the checkpoint we resume from
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from ..errors import UserError
-                raise UserError("train.tensorboard is on but tensorboard is not installed: "
-                                "pip install tensorboard (or set train.tensorboard: false)") from None
-            self.writer = SummaryWriter(str(tensorboard_dir))
-
-    def write(self, record: dict) -> None:
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"train/{k}", v, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 @contextmanager
 def _deferred_interrupt():
     """Ctrl-C during a step is held until the step (and its optimizer update) is done, so the
@@ -184,110 +120,150 @@ def _deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
+class Trainer:
+    """One training run, torchtune-style: `setup` in the constructor, then `restore` (resume),
+    `run` (the loop), each step one `step`, checkpoints by `checkpoint`, rank-0 evaluation by
+    `evaluate`.
+
+    run_dir: where checkpoints/ and metrics.jsonl go (None: keep nothing on disk).
+    evaluate, eval_every: every `eval_every` steps (and at the last step) rank 0 calls
+        evaluate(step) -> {metric: value}; the values go to metrics.jsonl, and `best` (if given)
+        checkpoints the step whenever its metric improves.
+    """
+
+    def __init__(self, model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, run_dir: Path | None,
+                 dist_info: DistInfo | None = None, evaluate: Callable[[int], dict[str, float]] | None = None,
+                 eval_every: int = 0, best: BestTracker | None = None):
+        self.model, self.samples, self.cfg, self.run_dir = model, samples, cfg, run_dir
+        self.info = dist_info or init_distributed()
+        self.evaluator, self.eval_every, self.best = evaluate, eval_every, best
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.n_total = total_steps(len(samples), cfg)
+        model.train()
+        self.loss_module = PackedLoss(model, cfg.loss_chunk_size, cfg.fused_lora,
+                                      cfg.swiglu_recompute).to(self.info.device)
+        if self.info.world_size > 1:
+            self.loss_module = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None)
+        self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, self.n_total, cfg.min_lr_ratio)
+        self.ckpt_root = run_dir / "checkpoints" if run_dir is not None else None
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.start = 0
+        self.result = TrainResult(steps=self.n_total)
+        self.saved: set[int] = set()
+        self.log: MetricsLog | None = None
+
+    def restore(self) -> None:
+        """Continue from the latest complete checkpoint: weights, optimizer, scheduler, RNG, step."""
+        latest = latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
+        if latest is None:
+            return
+        weights, state, meta = load_checkpoint(latest)
+        if (meta.get("total_steps"), meta.get("seed")) != (self.n_total, self.cfg.seed):
+            raise UserError(f"{latest} was written by a run with {meta.get('total_steps')} steps and seed "
+                            f"{meta.get('seed')}, this one has {self.n_total} steps and seed {self.cfg.seed}: "
+                            "resume with the same recipe and data, or start a new output.dir")
+        load_trainable_state(self.model, weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.start = self.result.resumed_from = meta["step"]
+
+    def _open_log(self) -> MetricsLog:
+        main, run_dir = self.info.is_main, self.run_dir
+        return MetricsLog(run_dir / "metrics.jsonl" if run_dir is not None and main else None,
+                          run_dir / "tensorboard" if self.cfg.tensorboard and run_dir is not None and main else None,
+                          self.start)
+
+    def step(self, step: int, t0: float) -> dict:
+        """One optimizer step (1-based `step`): forward/backward over the global batch, clip, update."""
+        cfg, t_step = self.cfg, time.perf_counter()
+        batch = [self.samples[i] for i in step_indices(step - 1, len(self.samples), cfg)]
+        n_targets = sum(s.n_trainable for s in batch)
+        loss_sum, n_tokens, n_rows = forward_backward(self.loss_module, self.model, batch, cfg, self.info)
+        grad_norm = None
+        if cfg.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        totals = all_reduce_sum(torch.tensor([float(loss_sum), float(n_tokens)], dtype=torch.float64), self.info)
+        loss = float(totals[0]) / n_targets
+        self.result.losses.append(loss)
+        self.result.tokens += int(totals[1])
+        dt = time.perf_counter() - t_step
+        return {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(totals[1]),
+                "targets": n_targets, "samples": len(batch), "rows": n_rows,
+                "tokens_per_s": round(float(totals[1]) / dt, 1), "elapsed_s": round(time.perf_counter() - t0, 2)}
+
+    def checkpoint(self, step: int) -> None:
+        """Save step `step` (rank 0, once per step), protecting the best checkpoint from pruning."""
+        if self.ckpt_root is not None and self.info.is_main and step not in self.saved:
+            save_checkpoint(self.ckpt_root, step, trainable_state(self.model), self.optimizer, self.scheduler,
+                            {"total_steps": self.n_total, "seed": self.cfg.seed}, self.cfg.keep_checkpoints,
+                            protect=self.best.step if self.best is not None else None)
+            self.saved.add(step)
+
+    def evaluate(self, step: int) -> None:
+        """Run the evaluator, log its scores, and checkpoint the step if it is the new best."""
+        was_training = self.model.training
+        scores = self.evaluator(step)
+        self.model.train(was_training)
+        self.log.write({"step": step, "eval": scores})
+        if self.best is not None and self.best.update(step, scores):
+            self.checkpoint(step)
+            self.best.save()
+
+    def _due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.n_total
+
+    def run(self, stop_after: int | None = None, progress: Callable | None = None) -> TrainResult:
+        """Train from the current step to the end (or to `stop_after`, as an interruption would)."""
+        self.log = self._open_log()
+        t0 = time.perf_counter()
+        with _deferred_interrupt() as interrupted:
+            for step in range(self.start + 1, self.n_total + 1):
+                record = self.step(step, t0)
+                if self._due(step, self.cfg.log_every):
+                    self.log.write(record)
+                if progress is not None and self.info.is_main:
+                    progress(step, self.n_total, record)
+                if self._due(step, self.cfg.save_every):
+                    self.checkpoint(step)
+                if self.evaluator is not None and self.info.is_main and self.eval_every and \
+                        self._due(step, self.eval_every):
+                    self.evaluate(step)
+                stop = stop_after is not None and self.start < step < self.n_total and step >= stop_after
+                if interrupted() or stop:
+                    self.checkpoint(step)
+                    self.result.stopped_early = True
+                    if interrupted():
+                        self.log.close()
+                        raise KeyboardInterrupt
+                    break
+        self.log.close()
+        self.result.seconds = time.perf_counter() - t0
+        return self.result
+
+
 def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, run_dir: Path | None,
           resume: bool = False, stop_after: int | None = None, dist_info: DistInfo | None = None,
           progress: Callable | None = None, evaluate: Callable[[int], dict[str, float]] | None = None,
           eval_every: int = 0, best: BestTracker | None = None) -> TrainResult:
     """Train `model` (already prepared: LoRA-wrapped or full) on tokenized samples.
 
-    run_dir: where checkpoints/ and metrics.jsonl go (None: keep nothing on disk).
     resume: continue from the latest complete checkpoint in run_dir/checkpoints.
     stop_after: end after this global step as an interruption would (checkpoint, then return).
     progress: callable(step, total, record) for a progress display (rank 0).
-    evaluate, eval_every: every `eval_every` steps (and at the last step) rank 0 calls
-        evaluate(step) -> {metric: value}; the values go to metrics.jsonl, and `best` (if given)
-        checkpoints the step whenever its metric improves.
+    The rest as in `Trainer`.
     """
-    info = dist_info or init_distributed()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    n_total = total_steps(len(samples), cfg)
-    model.train()
-    loss_module = PackedLoss(model, cfg.loss_chunk_size, cfg.fused_lora, cfg.swiglu_recompute).to(info.device)
-    if info.world_size > 1:
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-    optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
-    scheduler = build_scheduler(optimizer, cfg.warmup_steps, n_total, cfg.min_lr_ratio)
-
-    ckpt_root = run_dir / "checkpoints" if run_dir is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    start = 0
-    result = TrainResult(steps=n_total)
-    if resume and ckpt_root is not None and (latest := latest_checkpoint(ckpt_root)) is not None:
-        weights, state, meta = load_checkpoint(latest)
-        if (meta.get("total_steps"), meta.get("seed")) != (n_total, cfg.seed):
-            from ..errors import UserError
-            raise UserError(f"{latest} was written by a run with {meta.get('total_steps')} steps and seed "
-                            f"{meta.get('seed')}, this one has {n_total} steps and seed {cfg.seed}: resume with "
-                            "the same recipe and data, or start a new output.dir")
-        load_trainable_state(model, weights)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start = result.resumed_from = meta["step"]
-    log = MetricsLog(run_dir / "metrics.jsonl" if run_dir is not None and info.is_main else None,
-                     run_dir / "tensorboard" if cfg.tensorboard and run_dir is not None and info.is_main else None,
-                     start)
-
-    saved: set[int] = set()
-
-    def checkpoint(step: int) -> None:
-        if ckpt_root is not None and info.is_main and step not in saved:
-            save_checkpoint(ckpt_root, step, trainable_state(model), optimizer, scheduler,
-                            {"total_steps": n_total, "seed": cfg.seed}, cfg.keep_checkpoints,
-                            protect=best.step if best is not None else None)
-            saved.add(step)
-
-    def run_eval(step: int) -> None:
-        was_training = model.training
-        scores = evaluate(step)
-        model.train(was_training)
-        log.write({"step": step, "eval": scores})
-        if best is not None and best.update(step, scores):
-            checkpoint(step)
-            best.save()
-
-    t0 = time.perf_counter()
-    with _deferred_interrupt() as interrupted:
-        for step in range(start + 1, n_total + 1):
-            t_step = time.perf_counter()
-            batch = [samples[i] for i in step_indices(step - 1, len(samples), cfg)]
-            n_targets = sum(s.n_trainable for s in batch)
-            loss_sum, n_tokens, n_rows = forward_backward(loss_module, model, batch, cfg, info)
-            grad_norm = None
-            if cfg.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], cfg.grad_clip))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            totals = all_reduce_sum(torch.tensor([float(loss_sum), float(n_tokens)], dtype=torch.float64), info)
-            loss = float(totals[0]) / n_targets
-            result.losses.append(loss)
-            result.tokens += int(totals[1])
-            dt = time.perf_counter() - t_step
-            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(totals[1]),
-                      "targets": n_targets, "samples": len(batch), "rows": n_rows,
-                      "tokens_per_s": round(float(totals[1]) / dt, 1), "elapsed_s": round(time.perf_counter() - t0, 2)}
-            if step % cfg.log_every == 0 or step == n_total:
-                log.write(record)
-            if progress is not None and info.is_main:
-                progress(step, n_total, record)
-            if step % cfg.save_every == 0 or step == n_total:
-                checkpoint(step)
-            if evaluate is not None and info.is_main and eval_every and (step % eval_every == 0 or step == n_total):
-                run_eval(step)
-            if interrupted() or (stop_after is not None and start < step < n_total and step >= stop_after):
-                checkpoint(step)
-                result.stopped_early = True
-                if interrupted():
-                    log.close()
-                    raise KeyboardInterrupt
-                break
-    log.close()
-    result.seconds = time.perf_counter() - t0
-    return result
+    trainer = Trainer(model, samples, cfg, run_dir, dist_info, evaluate, eval_every, best)
+    if resume:
+        trainer.restore()
+    return trainer.run(stop_after, progress)

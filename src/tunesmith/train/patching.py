@@ -33,24 +33,3 @@ def patched_forwards(model: nn.Module, enabled: bool, plan: Callable[[nn.Module]
     finally:
         for module in patched:
             del module.forward
-
-
-
-@contextmanager
-def kept_activations(model: nn.Module):
-    """Within the block, records the tensors autograd keeps for backward: {storage ptr: bytes}.
-
-    Distinct storages only, parameters excluded: the activation memory a forward holds until its
-    backward runs (what row length and recomputation change).
-    """
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield seen

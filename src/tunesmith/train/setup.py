@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..recipe import TrainConfig
+from .config import TrainConfig
 
 
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:

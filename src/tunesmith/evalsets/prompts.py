@@ -1,4 +1,4 @@
-"""The evaluation prompts decontamination compares training data with, one list per suite.
+"""The evaluation prompts of every suite as plain text, one list per suite (what decontamination compares with).
 
     tasks       the held-out generated items: `generate_train_eval(0, tasks_n, seed)` eval items
     robustness  the same items in their paraphrased phrasings (the canonical one is `tasks`)
@@ -51,20 +51,20 @@ def eval_prompts(suites: Sequence[str] = DEFAULT_SUITES, tasks_n: int = 260, see
             if suite == "tasks":
                 out += [EvalPrompt(suite, f"{i}:{it.task}", it.prompt) for i, it in enumerate(items)]
             else:
-                from tunesmith.evaluate.robustness import n_phrasings, rephrase
+                from tunesmith.evalsets.phrasings import n_phrasings, rephrase
 
                 out += [EvalPrompt(suite, f"{i}:{it.task}:p{t}", rephrase(it, t))
                         for t in range(1, n_phrasings()) for i, it in enumerate(items)]
         elif suite == "ifbench":
-            from tunesmith.evaluate.ifbench import load_ifbench_prompts
+            from tunesmith.evalsets.ifbench import load_ifbench_prompts
 
             out += [EvalPrompt(suite, str(r["key"]), r["prompt"]) for r in load_ifbench_prompts()]
         elif suite == "ifeval":
-            from tunesmith.evaluate.ifeval import ifeval_items
+            from tunesmith.evalsets.ifeval import ifeval_items
 
             out += [EvalPrompt(suite, r["key"], r["prompt"]) for r in ifeval_items(ifeval_n, seed)]
         else:
-            from tunesmith.evaluate.humaneval import load_humaneval
+            from tunesmith.evalsets.humaneval import load_humaneval
 
             out += [EvalPrompt(suite, p["task_id"], p["prompt"]) for p in load_humaneval()]
     return out

@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tunesmith.data.example import Example
-from tunesmith.data.tasks import (CITIES, EVAL_SEED_OFFSET, NAMES, TaskItem, _resolve_types, check_answer,
-                                  generate_tasks, generate_train_eval)
+from tunesmith.data.tasks import (CITIES, EVAL_SEED_OFFSET, NAMES, TaskItem, check_answer, generate_tasks,
+                                  generate_train_eval, resolve_types)
 from tunesmith.errors import UsageError
 
 FAULTS = ("clean", "corrupted_wrong", "corrupted_swap", "near_dup", "exact_dup", "eval_copy")
@@ -77,7 +77,7 @@ def _norm(text: str) -> str:
 def build_fault_pool(n: int = 4000, seed: int = 0, task_types: Sequence[str] | None = None, n_eval: int = 260,
                      dev_per_task: int = 8) -> FaultPool:
     """A pool of `n` rows with the planted faults described in the module docstring (deterministic)."""
-    types = _resolve_types(task_types)
+    types = resolve_types(task_types)
     if n < 20:
         raise UsageError(f"a fault pool needs n >= 20 rows, got {n}")
     rng = random.Random(f"fault-pool:{seed}")

@@ -1,0 +1,1 @@
+"""Reports: the run summary (JSON, Markdown, console) and the tables every verb prints."""

@@ -1,0 +1,73 @@
+"""The short story of a run: summary.json, summary.md and the console tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import ui
+from .tables import comparison_table, fmt
+
+
+def _scores(evals: dict[str, Any], when: str) -> dict[str, float]:
+    return {suite: r["score"] for suite, r in evals.get(when, {}).items()}
+
+
+def build_summary(run: dict[str, Any], data_report: dict[str, Any], result, evals: dict[str, Any],
+                  adapter_dir, model_dir, seconds: float) -> dict[str, Any]:
+    """run: {"model", "method", "run_dir"}; result: the TrainResult; evals: {"before"|"after": {suite: result}}."""
+    before, after = _scores(evals, "before"), _scores(evals, "after")
+    per_task = {}
+    if "tasks" in evals.get("after", {}):
+        for task, v in evals["after"]["tasks"]["per_task"].items():
+            b = evals.get("before", {}).get("tasks", {}).get("per_task", {}).get(task, {})
+            per_task[task] = {"before": b.get("exact_match"), "after": v["exact_match"], "n": v["n"]}
+    return {
+        **run,
+        "data": {k: data_report[k] for k in ("total", "kept", "rejected", "by_reason")},
+        "train": {"steps": result.steps, "final_loss": result.losses[-1] if result.losses else None,
+                  "resumed_from": result.resumed_from, "seconds": round(result.seconds, 1),
+                  "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None},
+        "eval": {suite: {"before": before.get(suite), "after": after.get(suite),
+                         "n": (evals.get("after") or evals.get("before") or {}).get(suite, {}).get("n")}
+                 for suite in {**before, **after}},
+        "per_task": per_task,
+        "adapter": str(adapter_dir) if adapter_dir else None, "merged_model": str(model_dir) if model_dir else None,
+        "wall_seconds": round(seconds, 1),
+    }
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    lines = [f"# tunesmith run: {s['run_dir']}", "", f"- model: {s['model']} ({s['method']})",
+             f"- data: {s['data']['kept']} kept of {s['data']['total']} ({s['data']['rejected']} rejected)",
+             f"- training: {s['train']['steps']} steps, final loss {s['train']['final_loss']}, "
+             f"{s['train']['tokens_per_s']} tokens/s", f"- wall time: {s['wall_seconds']} s", "",
+             "| suite | base | tuned |", "|---|---|---|"]
+    for suite, v in s["eval"].items():
+        lines.append(f"| {suite} | {fmt(v['before'], suite)} | {fmt(v['after'], suite)} |")
+    if s.get("checkpoint_kept"):
+        k = s["checkpoint_kept"]
+        lines += ["", f"Checkpoint kept: step {k['kept_step']} by {k['metric']} ({k['direction']}): {k['reason']}."]
+    if s["per_task"]:
+        lines += ["", "| task | n | base | tuned |", "|---|---|---|---|"]
+        for t, v in s["per_task"].items():
+            lines.append(f"| {t} | {v['n']} | {fmt(v['before'], 'tasks')} | {fmt(v['after'], 'tasks')} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if s.get("checkpoint_kept"):
+        ui.log(f"checkpoint kept: step {s['checkpoint_kept']['kept_step']} ({s['checkpoint_kept']['reason']})")
+    if not s["eval"]:
+        ui.log(f"run directory: {s['run_dir']}  (merged model: {s['merged_model']}; wall {s['wall_seconds']} s)")
+        return
+    ui.console.print(comparison_table(s["eval"], "held-out evaluation: base vs tuned"))
+    if s["per_task"]:
+        per = Table(title="exact-match per task type")
+        for col in ("task", "n", "base", "tuned"):
+            per.add_column(col)
+        for t, v in s["per_task"].items():
+            per.add_row(t, str(v["n"]), fmt(v["before"], "tasks"), fmt(v["after"], "tasks"))
+        ui.console.print(per)
+    ui.log(f"run directory: {s['run_dir']}  (merged model: {s['merged_model']}; wall {s['wall_seconds']} s)")

@@ -1,0 +1,183 @@
+"""The evaluate stage: the eval suites on a model, before and after tuning in a run, cheap suites
+during training, and the `tunesmith eval` verb.
+
+Every verb writes evaluations in one layout: `<run dir>/eval/<label>/<suite>.json` (a run writes
+labels `before` and `after`; `tunesmith eval RUN` evaluates RUN/model, the tuned model, as
+`after`; any other model goes to `runs/eval/<name>/eval/model/`). An existing suite file is only
+replaced with --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from .. import ui
+from ..config import Section, split_csv
+from ..data.chat import TokenizedExample, tokenize_examples
+from ..data.load import load_examples
+from ..data.packing import MAX_TOKENS_PER_ROW
+from ..data.tasks import HELD_OUT_TASKS, TaskItem, generate_train_eval
+from ..errors import UsageError
+from ..evaluate.harness import LOWER_IS_BETTER, SUITES, EvalContext, run_suites
+from ..io import write_json
+from ..models import ModelConfig, load_model_and_tokenizer
+from ..report.tables import results_table
+from ..train.tracking import BestTracker
+
+
+class SuiteOptions(Section):
+    """Which suites, and how generation is bounded (shared by the recipe and `tunesmith eval`)."""
+
+    suites: list[str] = Field(["tasks", "loss"], description="tasks, loss, robustness, ifbench, ifeval, humaneval")
+    max_new_tokens: int = Field(32, ge=1, description="new tokens for short-answer suites (tasks, robustness)")
+    long_max_new_tokens: int = Field(512, ge=1, description="new tokens for open-ended suites (ifbench, ifeval, "
+                                                            "humaneval)")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch")
+    limit: int | None = Field(None, ge=1, description="items per suite (default: all)")
+    ifeval_items: int = Field(100, ge=1, description="IFEval-style items generated")
+    humaneval_samples: int = Field(0, ge=0, description="sampled completions per problem for pass@k (0: greedy only)")
+
+    @field_validator("suites", mode="before")
+    @classmethod
+    def _suites(cls, value: Any) -> Any:
+        return suite_names(value)
+
+
+def suite_names(value: Any) -> Any:
+    """'tasks,loss' or a list -> the list, every name checked against the suites table."""
+    value = split_csv(value)
+    if isinstance(value, list):
+        unknown = [s for s in value if s not in SUITES]
+        if unknown:
+            raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+    return value
+
+
+class EvalConfig(SuiteOptions):
+    """The recipe's `eval:` section: before and after tuning, and cheap suites during training."""
+
+    before: bool = Field(True, description="evaluate the base model")
+    after: bool = Field(True, description="evaluate the tuned model")
+    every: int = Field(0, ge=0, description="evaluate every N training steps (0: off)")
+    during: list[str] = Field(["loss"], description="cheap suites to run during training")
+    during_limit: int | None = Field(64, ge=1, description="items per suite during training")
+    best_metric: str | None = Field(None, description="keep the best checkpoint by this suite (e.g. loss, tasks)")
+    keep_best: bool = Field(True, description="with best_metric: the saved model is the best checkpoint")
+
+    @field_validator("during", mode="before")
+    @classmethod
+    def _during(cls, value: Any) -> Any:
+        return suite_names(value)
+
+    @model_validator(mode="after")
+    def _check_best(self) -> "EvalConfig":
+        if self.best_metric is not None and self.best_metric not in self.during:
+            raise ValueError(f"eval.best_metric '{self.best_metric}' must be one of eval.during {self.during}")
+        if self.best_metric is not None and not self.every:
+            raise ValueError("eval.best_metric needs eval.every > 0 (evaluations during training to compare)")
+        return self
+
+
+class EvalVerbConfig(SuiteOptions):
+    """`tunesmith eval MODEL_OR_RUN`: a run directory (its merged model and held-out items) or a model."""
+
+    model: ModelConfig = Field(ModelConfig(), description="run directory, model directory, .gguf, bundled name "
+                                                          "or hub id")
+    tasks_n: int = Field(HELD_OUT_TASKS, ge=0, description="held-out generated task items (a run: its data.tasks)")
+    seed: int = Field(0, description="seed of the generated items (a run: its data.tasks.seed)")
+    data: str | None = Field(None, description="held-out conversations for the loss suite (default: the task items)")
+    max_seq_len: int = Field(1024, ge=8, description="tokens per loss sample")
+    max_tokens_per_row: int = Field(MAX_TOKENS_PER_ROW, ge=8, description="packing budget of the loss suite")
+    out: str | None = Field(None, description="run directory the results go under (default: the run evaluated, "
+                                              "or runs/eval/NAME)")
+    label: str | None = Field(None, description="eval/<label>/ folder (default: after for a run, model otherwise)")
+
+
+def eval_context(opts: SuiteOptions, task_items: list[TaskItem], loss_samples: list[TokenizedExample], seed: int,
+                 max_tokens_per_row: int = MAX_TOKENS_PER_ROW, loss_chunk_size: int = 512,
+                 during: bool = False) -> EvalContext:
+    """The suites' inputs and bounds; during training (an EvalConfig): during_limit items, no sampling."""
+    return EvalContext(task_items=task_items, loss_samples=loss_samples, max_new_tokens=opts.max_new_tokens,
+                       long_max_new_tokens=opts.long_max_new_tokens, batch_size=opts.batch_size,
+                       limit=opts.during_limit if during else opts.limit, ifeval_items=opts.ifeval_items,
+                       humaneval_samples=0 if during else opts.humaneval_samples,
+                       seed=seed, max_tokens_per_row=max_tokens_per_row, loss_chunk_size=loss_chunk_size)
+
+
+def available(suites: list[str], ctx: EvalContext) -> list[str]:
+    """Suites that have something to evaluate on (tasks/robustness need task items, loss samples)."""
+    return [s for s in suites if not (s in ("tasks", "robustness") and not ctx.task_items)
+            and not (s == "loss" and not ctx.loss_samples)]
+
+
+def evaluate(model, tokenizer, suites: list[str], ctx: EvalContext, label: str, out_dir: Path | None
+             ) -> dict[str, Any]:
+    """Run the suites; with out_dir, write out_dir/<suite>.json (atomically). Returns {suite: result}."""
+    results = run_suites(model, tokenizer, available(suites, ctx), ctx, label)
+    if out_dir is not None:
+        for suite, result in results.items():
+            write_json(out_dir / f"{suite}.json", result)
+    return results
+
+
+def load_evals(out_dir: Path) -> dict[str, Any]:
+    """Evaluations already written under out_dir: {suite: result}."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))}
+
+
+def during_training(model, tokenizer, cfg: EvalConfig, ctx: EvalContext, ckpt_root: Path
+                    ) -> tuple[Callable[[int], dict[str, float]] | None, BestTracker | None]:
+    """The evaluator called every eval.every steps, and the best-checkpoint tracker."""
+    if not cfg.every:
+        return None, None
+    suites = available(cfg.during, ctx)
+
+    def evaluate_step(step: int) -> dict[str, float]:
+        results = run_suites(model, tokenizer, suites, ctx, f"step {step}")
+        return {suite: r["score"] for suite, r in results.items()}
+
+    best = BestTracker(ckpt_root, cfg.best_metric, cfg.best_metric in LOWER_IS_BETTER) if cfg.best_metric else None
+    return evaluate_step, best
+
+
+def _target(cfg: EvalVerbConfig) -> tuple[ModelConfig, Path, str, int, int]:
+    """(model to load, run dir for results, label, held-out count, seed): a run directory brings its
+    merged model and its held-out items (only data.tasks of its config.yaml is read)."""
+    run = Path(cfg.model.name)
+    if (run / "model" / "config.json").is_file():
+        n_eval, seed = cfg.tasks_n, cfg.seed
+        if (run / "config.yaml").is_file():
+            tasks = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}).get("tasks")
+            if tasks:
+                n_eval, seed = tasks.get("n_eval", n_eval), tasks.get("seed", seed)
+        model = cfg.model.model_copy(update={"name": str(run / "model")})
+        return model, Path(cfg.out) if cfg.out else run, cfg.label or "after", n_eval, seed
+    out = Path(cfg.out) if cfg.out else Path("runs") / "eval" / run.name
+    return cfg.model, out, cfg.label or "model", cfg.tasks_n, cfg.seed
+
+
+def run_eval(cfg: EvalVerbConfig, overwrite: bool = False) -> int:
+    """The `eval` verb: results in <run dir>/eval/<label>/<suite>.json and a table."""
+    model_cfg, run_dir, label, n_eval, seed = _target(cfg)
+    out = run_dir / "eval" / label
+    clash = [s for s in cfg.suites if (out / f"{s}.json").exists()]
+    if clash and not overwrite:
+        raise UsageError(f"{out} already holds {', '.join(c + '.json' for c in clash)}: add --overwrite to replace "
+                         "them, or choose --label or --out")
+    model, tokenizer = load_model_and_tokenizer(model_cfg, log=ui.log)
+    _, items = generate_train_eval(0, n_eval, seed)
+    held = load_examples(cfg.data, on_error="skip").examples if cfg.data else \
+        [it.to_example("tasks:eval") for it in items]
+    loss_samples = tokenize_examples(tokenizer, held, cfg.max_seq_len, "truncate")[0] if held else []
+    ctx = eval_context(cfg, items, loss_samples, seed, cfg.max_tokens_per_row)
+    t0 = time.perf_counter()
+    results = evaluate(model, tokenizer, cfg.suites, ctx, Path(cfg.model.name).name, out)
+    ui.console.print(results_table(results, f"evaluation of {cfg.model.name}"))
+    ui.log(f"per-item records: {out}/<suite>.json  (total {time.perf_counter() - t0:.0f} s)")
+    return 0

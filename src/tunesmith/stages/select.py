@@ -1,0 +1,152 @@
+"""The select stage: choose the examples worth training on, by one method or a chain of them.
+
+In a recipe (`select: {method, budget, ...}`) it runs on the curated pool before tokenizing and
+lists every pool example with its scores under RUN/selection/. As a verb, `tunesmith select DATA
+--method M --budget N --out DIR`, alone or under torchrun (each rank scores a share; rank 0 merges
+and writes). Flags and recipe keys are the same fields; both paths share `targets` and `scorers`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .. import ui
+from ..config import Section
+from ..data.example import Example
+from ..data.load import load_examples
+from ..data.tasks import TARGET_SEED_OFFSET, TASK_TYPES, generate_examples
+from ..errors import UsageError
+from ..models import ModelConfig, load_model_and_tokenizer, local_model_dir
+from ..select.features import ScoringContext, model_fingerprint
+from ..select.less import LessConfig
+from ..select.run import METHODS, NEEDS_MODEL, Selection, SelectOptions, parse_chain, select, write_selection
+from ..train.distributed import DistInfo, init_distributed
+from .outputs import out_dir
+
+
+class LessOptions(Section):
+    """LESS gradient features."""
+
+    dim: int = Field(4096, ge=1, description="projected gradient dimensions")
+    layers: int = Field(8, ge=1, description="LoRA on this many top layers")
+
+
+class SelectConfig(Section):
+    """Which examples of the pool to train on; the recipe's `select:` section."""
+
+    method: str = Field(..., description=f"{', '.join(METHODS)}, or a chain 'm1:SHARE,m2' (filter, then select)")
+    budget: str = Field(..., description="examples to keep: a count (400) or a share of the pool (10%)")
+    target: list[str] = Field([], description="target example files (rds, less, zipfit); one target set per "
+                                              "file with target_by: source")
+    target_tasks: int = Field(0, ge=0, description="N generated task items per type as targets (a seed disjoint "
+                                                   "from eval items)")
+    target_by: str = Field("task", description="split targets into sets by meta key, 'source' or 'none'")
+    stratify_by: str = Field("task", description="stratified: meta key or 'source'")
+    seed: int = 0
+    clusters: int | None = Field(None, ge=2, description="kmeans: k (default about sqrt(n/2))")
+    embeddings: Literal["model", "hashed"] = Field("model", description="kmeans features: the model's RDS+ "
+                                                                        "embeddings or hashed n-grams (no model)")
+    max_ifd: float = Field(1.0, gt=0, description="ifd: drop examples at or above this IFD")
+    ifd_model: str | None = Field(None, description="ifd: score with this (smaller) model instead (Superfiltering)")
+    workers: int = Field(1, ge=1, description="zipfit: compression worker processes")
+    batch_size: int = Field(16, ge=1, description="examples per forward/backward when scoring")
+    cache: str | None = Field(None, description="feature store directory (default: ~/.cache/tunesmith/select)")
+    less: LessOptions = LessOptions()
+
+
+class SelectVerbConfig(SelectConfig):
+    """`tunesmith select DATA --method M --budget N --out DIR`."""
+
+    data: str = Field(..., description="pool: file, folder or glob (JSONL/JSON/Parquet/CSV)")
+    out: str = Field(..., description="output directory")
+    model: ModelConfig = Field(ModelConfig(), description="model for rds/ifd/less/kmeans features")
+    max_seq_len: int = Field(1024, ge=8, description="tokens per example when scoring")
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = "auto"
+    on_error: Literal["fail", "skip"] = Field("fail", description="unreadable rows: stop or skip")
+
+
+def targets(cfg: SelectConfig, fmt: str = "auto", on_error: str = "fail") -> list[Example]:
+    """Target examples: the target files, then generated task items."""
+    found: list[Example] = []
+    for spec in cfg.target:
+        found += load_examples(spec, fmt, on_error).examples
+    if cfg.target_tasks:
+        found += generate_examples(cfg.target_tasks * len(TASK_TYPES), seed=cfg.seed + TARGET_SEED_OFFSET,
+                                   source="target-tasks")
+    return found
+
+
+def _scoring_context(model_cfg: ModelConfig, cfg: SelectConfig, max_seq_len: int, info: DistInfo,
+                     load: bool) -> ScoringContext:
+    ctx = ScoringContext(batch_size=cfg.batch_size, max_seq_len=max_seq_len, dist=info, show_progress=info.is_main)
+    if cfg.cache:
+        ctx.cache_dir = Path(cfg.cache)
+    if load:
+        log = ui.log if info.is_main else ui.quiet
+        ctx.model, ctx.tokenizer = load_model_and_tokenizer(model_cfg, log=log)
+        ctx.fingerprint = model_fingerprint(local_model_dir(model_cfg.name, log=log))
+    return ctx
+
+
+def scorers(cfg: SelectConfig, model_cfg: ModelConfig, max_seq_len: int, info: DistInfo
+            ) -> tuple[ScoringContext, SelectOptions]:
+    """The scoring context (the model loaded only when a method needs it) and the method options."""
+    chain = parse_chain(cfg.method, cfg.budget)
+    needs_model = any((m in NEEDS_MODEL and not (m == "ifd" and cfg.ifd_model))
+                      or (m == "kmeans" and cfg.embeddings == "model") for m, _ in chain)
+    ctx = _scoring_context(model_cfg, cfg, max_seq_len, info, needs_model)
+    opts = SelectOptions(seed=cfg.seed, stratify_by=cfg.stratify_by, target_by=cfg.target_by, clusters=cfg.clusters,
+                         embeddings=cfg.embeddings, max_ifd=cfg.max_ifd, zipfit_workers=cfg.workers,
+                         less=LessConfig(dim=cfg.less.dim, layers=cfg.less.layers, seed=cfg.seed))
+    if cfg.ifd_model:
+        ifd_model = model_cfg.model_copy(update={"name": cfg.ifd_model})
+        opts.ifd_ctx = _scoring_context(ifd_model, cfg, max_seq_len, info, True)
+    return ctx, opts
+
+
+def choose(pool: list[Example], cfg: SelectConfig, model_cfg: ModelConfig, max_seq_len: int, fmt: str = "auto",
+           on_error: str = "fail", info: DistInfo | None = None) -> tuple[Selection, int]:
+    """Run the configured chain over the pool; returns the selection and the number of targets."""
+    info = info or init_distributed()
+    chain = parse_chain(cfg.method, cfg.budget)
+    ctx, opts = scorers(cfg, model_cfg, max_seq_len, info)
+    found = targets(cfg, fmt, on_error)
+    return select(pool, chain, found, opts, ctx), len(found)
+
+
+def select_examples(pool: list[Example], cfg: SelectConfig, model_cfg: ModelConfig, max_seq_len: int, fmt: str,
+                    run_dir: Path | None) -> tuple[list[Example], dict[str, Any]]:
+    """The recipe step: the selected examples in pool order, and the selection report."""
+    sel, _ = choose(pool, cfg, model_cfg, max_seq_len, fmt)
+    info: dict[str, Any] = {"method": cfg.method, "budget": cfg.budget, "pool": len(pool),
+                            "selected": int(len(sel.indices)), "steps": sel.steps}
+    if run_dir is not None:
+        info = write_selection(run_dir / "selection", pool, sel, {"method": cfg.method, "budget": cfg.budget})
+    ui.log(f"select: {len(sel.indices)} of {len(pool)} examples by {cfg.method}")
+    return [pool[int(i)] for i in np.sort(sel.indices)], info
+
+
+def run_select(cfg: SelectVerbConfig) -> int:
+    """The `select` verb."""
+    t0 = time.perf_counter()
+    info = init_distributed()
+    out = out_dir(cfg.out) if info.is_main else Path(cfg.out)
+    pool = load_examples(cfg.data, cfg.format, on_error=cfg.on_error, show_progress=info.is_main).examples
+    if not pool:
+        raise UsageError(f"{cfg.data}: no usable examples in the pool")
+    sel, n_targets = choose(pool, cfg, cfg.model, cfg.max_seq_len, cfg.format, cfg.on_error, info)
+    if not info.is_main:
+        return 0
+    report = write_selection(out, pool, sel, {"method": cfg.method, "budget": cfg.budget,
+                                              "targets": n_targets,
+                                              "seconds": round(time.perf_counter() - t0, 1)})
+    ui.log(f"selected {report['selected']} of {report['pool']} by {cfg.method} -> {out}/selected.jsonl "
+           f"(scores: scores.jsonl, report: selection_report.json)")
+    for step in report["steps"]:
+        ui.log(f"  {step['method']}: {step['input']} -> {step['kept']} in {step['seconds']} s")
+    return 0

@@ -1,0 +1,83 @@
+"""The train stage: wrap the model for the method, run the training loop (with evaluation during
+training and the best checkpoint when asked), then save the adapter and the merged model."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import ui
+from ..export.merge import merged_model, save_adapter, save_merged
+from ..train.checkpoint import latest_checkpoint, load_checkpoint
+from ..train.config import TrainConfig
+from ..train.distributed import DistInfo
+from ..train.loop import TrainResult, total_steps, train
+from ..train.setup import count_parameters, load_trainable_state, prepare_model
+from ..train.tracking import BestTracker
+from .data import DataBundle
+
+
+def setup_model(model, cfg: TrainConfig):
+    """Seed (LoRA initialisation is part of the reproducible run), then wrap for the method."""
+    torch.manual_seed(cfg.seed)
+    return prepare_model(model, cfg)
+
+
+def fit(model, data: DataBundle, cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo,
+        evaluate: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
+        best: BestTracker | None = None) -> TrainResult:
+    """Train with one progress bar on rank 0 (steps, loss, tokens/s, ETA)."""
+    trainable, total = count_parameters(model)
+    n_steps = total_steps(len(data.train_samples), cfg)
+    if info.is_main:
+        ui.log(f"training {cfg.method}: {trainable:,} of {total:,} parameters, "
+               f"{len(data.train_samples)} samples, {n_steps} steps of {cfg.batch_size}")
+    latest = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    start = int(latest.name.split("-")[1]) if latest else 0
+    with ExitStack() as stack:
+        on_step = None
+        if info.is_main:
+            advance = stack.enter_context(ui.progress_bar("train", n_steps, "steps", completed=start))
+            on_step = lambda step, n, rec: advance(1, extra=f"loss {rec['loss']:.4f}  {rec['tokens_per_s']:.0f} tok/s")  # noqa: E731
+        result = train(model, data.train_samples, cfg, run_dir, resume=resume, dist_info=info, progress=on_step,
+                       evaluate=evaluate, eval_every=eval_every, best=best)
+    if result.resumed_from and info.is_main:
+        ui.log(f"resumed from step {result.resumed_from}")
+    return result
+
+
+def keep_best(model, best: BestTracker | None, keep: bool, run_dir: Path) -> dict[str, Any] | None:
+    """With a best metric and keep: load the best checkpoint's weights before saving.
+
+    Returns what was kept and why (it goes into the summary)."""
+    if best is None or best.step is None:
+        return None
+    last = best.history[-1] if best.history else None
+    why = {"metric": best.metric, "best_step": best.step, "best_value": best.value,
+           "last_step": last["step"] if last else None, "last_value": last["value"] if last else None,
+           "direction": "lower is better" if best.lower else "higher is better", "history": best.history}
+    if not keep or last is None or best.step == last["step"]:
+        why["kept_step"] = last["step"] if last else best.step
+        why["reason"] = "the last evaluated step is the best" if last and best.step == last["step"] else \
+            "eval.keep_best is off: the last step is kept"
+        return why
+    weights, _, _ = load_checkpoint(run_dir / "checkpoints" / f"step-{best.step:06d}")
+    load_trainable_state(model, weights)
+    why["kept_step"] = best.step
+    why["reason"] = (f"{best.metric} was best at step {best.step} ({best.value:.4f}) vs {last['value']:.4f} at the "
+                     f"last evaluation (step {last['step']})")
+    ui.log(f"keeping checkpoint step {best.step}: {why['reason']}")
+    return why
+
+
+def save(model, tokenizer, run_dir: Path, merge: bool):
+    """adapter/ (LoRA runs) and, with merge, model/ (a plain transformers directory).
+
+    Returns (adapter dir or None, merged model dir or None, the merged model for evaluation)."""
+    adapter_dir = save_adapter(model, run_dir / "adapter")
+    model = merged_model(model)
+    model_dir = save_merged(model, tokenizer, run_dir / "model") if merge else None
+    return adapter_dir, model_dir, model

@@ -1,0 +1,57 @@
+"""The training loop's settings: the `train:` recipe section and the flags of `tunesmith train`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..config import Section
+from ..data.packing import MAX_TOKENS_PER_ROW
+
+
+class LoraConfig(Section):
+    """LoRA adapter shape (PEFT)."""
+
+    r: int = Field(16, ge=1, description="rank of the adapter")
+    alpha: float = Field(32.0, description="scale numerator: the update is (alpha / r) * B A")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input (0 keeps fused LoRA on)")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt, "
+                                                                                       "or all-linear")
+
+
+class TrainConfig(Section):
+    """The training loop: method, batch, schedule, checkpoints and the training kernels."""
+
+    method: Literal["lora", "full"] = Field("lora", description="lora (adapter only) or full (every weight)")
+    lora: LoraConfig = LoraConfig()
+    epochs: float = Field(1.0, gt=0, description="passes over the data (a ragged last batch is dropped)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    batch_size: int = Field(16, ge=1, description="samples per optimizer step")
+    micro_batch_size: int | None = Field(None, ge=1, description="samples per forward (gradient accumulation); "
+                                                                 "default: batch_size")
+    max_tokens_per_row: int = Field(MAX_TOKENS_PER_ROW, ge=8, description="padding-free packing budget per forward "
+                                    "(activation memory grows with it; a longer sample gets its own row)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm (null: off)")
+    seed: int = Field(0, description="LoRA initialisation and data order")
+    loss_chunk_size: int = Field(512, ge=1, description="label positions per output-layer chunk")
+    fused_lora: bool = Field(True, description="fold the LoRA product into the base GEMM (addmm) while training")
+    swiglu_recompute: bool = Field(True, description="SwiGLU MLPs keep only gate and up for backward "
+                                                     "(~30% less activation memory)")
+    save_every: int = Field(50, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the best one is never pruned)")
+    log_every: int = Field(1, ge=1, description="steps between metrics.jsonl lines")
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars (needs tensorboard)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+
+    @model_validator(mode="after")
+    def _check_micro(self) -> "TrainConfig":
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        return self
