@@ -1,5 +1,5 @@
 """Data selection: budgets, the simple methods, RDS+/IFD/LESS/k-means/ZIP-FIT internals, the
-feature store's caching and resume, rank shards, and the `tunesmith select` verb."""
+feature store's caching and resume, rank shards, and the `tunesmith data select` verb."""
 
 import json
 import os
@@ -265,7 +265,7 @@ def test_select_cli_writes_selection_and_scores(tmp_path):
         for ex in generate_examples(52, seed=4):
             f.write(json.dumps({"messages": ex.messages, "task": ex.meta["task"]}) + "\n")
     out = tmp_path / "sel"
-    rc = main(["select", str(data), "--method", "stratified", "--budget", "25%", "--out", str(out),
+    rc = main(["data", "select", str(data), "--method", "stratified", "--budget", "25%", "--out", str(out),
                "--stratify-by", "task"])
     assert rc == 0
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
@@ -273,13 +273,13 @@ def test_select_cli_writes_selection_and_scores(tmp_path):
     report = json.loads((out / "selection_report.json").read_text())
     assert len(selected) == 13 and len(scores) == 52 and sum(r["selected"] for r in scores) == 13
     assert report["coverage"] == {t: 1 for t in report["coverage"]} and len(report["coverage"]) == 13
-    rc = main(["select", str(data), "--method", "zipfit", "--budget", "5", "--out", str(out), "--target-tasks", "2",
+    rc = main(["data", "select", str(data), "--method", "zipfit", "--budget", "5", "--out", str(out), "--target-tasks", "2",
                "--cache", str(tmp_path / "cache")])
     assert rc == 0
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert all(isinstance(r["zipfit"], float) for r in scores)
-    assert main(["select", str(data), "--method", "rds", "--budget", "5", "--out", str(out)]) == 2  # no targets
-    assert main(["select", str(tmp_path / "missing.jsonl"), "--method", "random", "--budget", "5",
+    assert main(["data", "select", str(data), "--method", "rds", "--budget", "5", "--out", str(out)]) == 2  # no targets
+    assert main(["data", "select", str(tmp_path / "missing.jsonl"), "--method", "random", "--budget", "5",
                  "--out", str(out)]) != 0
 
 

@@ -58,12 +58,13 @@ VERBS: tuple[Verb, ...] = (
          "stages.curate:DedupVerbConfig", "stages.curate:run_dedup", (("data", "file, folder or glob"),)),
     Verb(("data", "decontaminate"), "drop rows whose user turns overlap eval prompts (word n-grams)",
          "stages.curate:DecontamVerbConfig", "stages.curate:run_decontaminate", (("data", "file, folder or glob"),)),
-    Verb(("select",), "choose the examples worth training on (random, stratified, rds, ifd, less, kmeans, zipfit)",
+    Verb(("data", "select"), "choose the examples worth training on (random, stratified, rds, ifd, less, kmeans, zipfit)",
          "stages.select:SelectVerbConfig", "stages.select:run_select", (("data", "pool: file, folder or glob"),)),
     Verb(("eval",), "evaluate a model or a run directory on chosen suites; per-item records in JSON",
          "stages.evaluate:EvalVerbConfig", "stages.evaluate:run_eval",
-         (("model.name", "run directory (uses RUN/model), model directory, .gguf, bundled name or hub id"),),
-         switches=(("overwrite", "replace existing eval/<label>/<suite>.json files"),)),
+         (("model.name", "run directory (uses RUN/model), model directory, .gguf, bundled name or hub id "
+                         "(or --model)"),),
+         switches=(("overwrite", "replace existing eval/<label>/<suite>.json files"),), optional_positional=True),
     Verb(("generate",), "complete prompts with a model", "stages.generate:GenerateConfig", "stages.generate:run_generate"),
     Verb(("chat",), "talk to a model in the terminal", "stages.generate:ChatConfig", "stages.generate:run_chat"),
 )
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_flags_for(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Add the chosen verb's config flags to its subparser (only that verb's config is imported)."""
-    words = [a for a in argv if not a.startswith("-")][:2]
+    words = [a for a in argv if not a.startswith("-")][:2]  # the verb's words come first
     for verb in VERBS:
         if tuple(words[: len(verb.words)]) == verb.words:
             sp = _subparser(parser, verb.words)

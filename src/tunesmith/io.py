@@ -1,4 +1,4 @@
-"""Atomic writes: the one way tunesmith puts a file or a folder on disk.
+"""Files on disk: the cache root, and atomic writes (the one way tunesmith puts a file or a folder there).
 
 Everything is written under a temporary name next to its final place and renamed into place
 (`os.replace`), so a run stopped at any moment leaves either the old file or the new one, never a
@@ -14,6 +14,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+
+def cache_root() -> Path:
+    """Where caches live (converted models, NLTK data, selection features): $TUNESMITH_CACHE,
+    else ~/.cache/tunesmith."""
+    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
 
 
 def _tmp_name(path: Path) -> Path:
@@ -94,8 +100,10 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]
                 if f.is_file():
                     _fsync(f)
             _fsync(tmp)
-        if path.exists():
-            shutil.rmtree(path)
+        if path.exists():  # moved aside first: a rename is atomic, a recursive delete is not
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
+            os.replace(path, old)
+            shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, path)
         if durable:
             _fsync(path.parent)

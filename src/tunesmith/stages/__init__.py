@@ -3,7 +3,7 @@ flags), a run function that reads top to bottom, and a verb in `tunesmith.cli`.
 
     data       read files and generated tasks, tokenize with verified masks   (tunesmith data check)
     curate     exact + near dedup, decontamination against eval prompts       (tunesmith data dedup|decontaminate)
-    select     choose the examples worth training on                          (tunesmith select)
+    select     choose the examples worth training on                          (tunesmith data select)
     prepare    the data half of a recipe: data -> curate -> select -> tokens
     train      tune the model, keep the best checkpoint, save adapter + merged model
     evaluate   the eval suites on a model or a run                            (tunesmith eval)

@@ -1,7 +1,7 @@
 """The select stage: choose the examples worth training on, by one method or a chain of them.
 
 In a recipe (`select: {method, budget, ...}`) it runs on the curated pool before tokenizing and
-lists every pool example with its scores under RUN/selection/. As a verb, `tunesmith select DATA
+lists every pool example with its scores under RUN/selection/. As a verb, `tunesmith data select DATA
 --method M --budget N --out DIR`, alone or under torchrun (each rank scores a share; rank 0 merges
 and writes). Flags and recipe keys are the same fields; both paths share `targets` and `scorers`.
 """
@@ -60,7 +60,7 @@ class SelectConfig(Section):
 
 
 class SelectVerbConfig(SelectConfig):
-    """`tunesmith select DATA --method M --budget N --out DIR`."""
+    """`tunesmith data select DATA --method M --budget N --out DIR`."""
 
     data: str = Field(..., description="pool: file, folder or glob (JSONL/JSON/Parquet/CSV)")
     out: str = Field(..., description="output directory")
