@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tunesmith.cli import main
 
 
@@ -48,6 +50,15 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert "held-out evaluation: base vs tuned" in capsys.readouterr().out
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
     assert ckpts[-2:] == ["step-000004", "step-000006"] or ckpts[-1] == "step-000006"
+
+    # `tunesmith eval RUN` evaluates RUN/model into the same layout (eval/after/), never silently over it.
+    assert main(["eval", str(out), "--suites", "loss", "--limit", "2"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["eval", str(out), "--suites", "loss", "--limit", "2", "--label", "again"]) == 0
+    again = json.loads((out / "eval" / "again" / "loss.json").read_text())
+    assert again["n"] == 2  # the run's own held-out items, the saved tuned model: the run's numbers
+    assert [r["loss"] for r in again["records"]] == pytest.approx([r["loss"] for r in after["loss"]["records"][:2]],
+                                                                  abs=1e-4)
 
     # Running again into the same directory without --resume is refused with a clear message.
     assert main(args) == 1
