@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all llama-cpp clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,17 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-test-all: setup
+WHEELS ?= $(HOME)/.cache/tunesmith/wheels
+
+# Real llama.cpp for the slow GGUF checks (tests/test_gguf_llamacpp.py, benchmarks/gguf_llamacpp.py):
+# llama-cpp-python builds from source with CMake and g++ (about 15 min on 2 cores); the wheel is cached.
+llama-cpp: setup
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel --no-deps llama-cpp-python==0.3.36 -w $(WHEELS)
+	$(BIN)/pip install --quiet $(WHEELS)/llama_cpp_python-0.3.36-*.whl
+
+test-all: setup llama-cpp
 	$(BIN)/python -m pytest -q -m ''
 
 clean:

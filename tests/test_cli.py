@@ -15,6 +15,7 @@ VERB_ARGS = {
     ("eval",): ["eval", "smollm2-135m-instruct"],
     ("generate",): ["generate", "--prompt", "hi"],
     ("chat",): ["chat"],
+    ("export",): ["export", "runs/x", "--out", "o", "--to", "int8"],
 }
 
 

@@ -12,7 +12,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     args = ["run", "recipes/quickstart.yaml", "--output.dir", str(out), "--data.tasks.n_train", "48",
             "--data.tasks.n_eval", "26", "--train.batch_size", "8", "--train.save_every", "2",
             "--eval.max_new_tokens", "8", "--eval.suites", "[tasks,loss,robustness]", "--eval.limit", "13",
-            "--eval.every", "2", "--eval.during", "[loss]", "--eval.best_metric", "loss"]
+            "--eval.every", "2", "--eval.during", "[loss]", "--eval.best_metric", "loss", "--export.to", "gguf-q8_0"]
     assert main(args) == 0
     for name in ("config.yaml", "data_report.json", "rejects.jsonl", "metrics.jsonl", "summary.json", "summary.md",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model/model.safetensors",
@@ -50,6 +50,18 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert "held-out evaluation: base vs tuned" in capsys.readouterr().out
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
     assert ckpts[-2:] == ["step-000004", "step-000006"] or ckpts[-1] == "step-000006"
+
+    # The model card: base weights hash, every source with its hash and funnel, evals linked, exports.
+    card = (out / "MODEL_CARD.md").read_text()
+    from tunesmith.models import base_weights_sha256
+
+    assert base_weights_sha256("smollm2-135m-instruct") in card
+    source = report["sources"]["tasks:seed=0"]
+    assert source["rows"] == 48 and source["trained"] == 48 and source["sha256"][:16] in card
+    assert "[after](eval/after/tasks.json)" in card and "tunesmith run" in card
+    exports = json.loads((out / "export" / "export_report.json").read_text())
+    assert [s["step"] for s in exports["steps"]] == ["gguf-q8_0"] and (out / "export" / "gguf" / "model-q8_0.gguf").is_file()
+    assert "| gguf-q8_0 | `export/gguf/model-q8_0.gguf` |" in card
 
     # `tunesmith eval RUN` evaluates RUN/model into the same layout (eval/after/), never silently over it.
     assert main(["eval", str(out), "--suites", "loss", "--limit", "2"]) == 2

@@ -39,6 +39,7 @@ class Verb:
     recipe: bool = False
     switches: tuple[tuple[str, str], ...] = ()
     optional_positional: bool = False
+    many: bool = False  # the positional takes one or more values (a list field)
 
 
 RESUME = ("resume", "continue from the latest complete checkpoint")
@@ -65,6 +66,9 @@ VERBS: tuple[Verb, ...] = (
          (("model.name", "run directory (uses RUN/model), model directory, .gguf, bundled name or hub id "
                          "(or --model)"),),
          switches=(("overwrite", "replace existing eval/<label>/<suite>.json files"),), optional_positional=True),
+    Verb(("export",), "merged, interpolate (WiSE-FT), int8, int4-rtn, int4-awq, gguf-f32|f16|q8_0|q4_0; "
+         "'export soup A B ...' blends models", "stages.export:ExportVerbConfig", "stages.export:run_export",
+         (("sources", "a run directory or model folder (after 'soup': two or more)"),), many=True),
     Verb(("generate",), "complete prompts with a model", "stages.generate:GenerateConfig", "stages.generate:run_generate"),
     Verb(("chat",), "talk to a model in the terminal", "stages.generate:ChatConfig", "stages.generate:run_chat"),
 )
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = parent.add_parser(verb.words[-1], help=verb.help, description=verb.help.replace("%", "%%"))
         for path, hlp in verb.positional:
             sp.add_argument(f"pos:{path}", metavar=path.split(".")[0].upper(), help=hlp,
-                            nargs="?" if verb.optional_positional else None)
+                            nargs="+" if verb.many else "?" if verb.optional_positional else None)
         for name, hlp in verb.switches:
             sp.add_argument(f"--{name}", action="store_true", dest=f"switch:{name}", help=hlp)
         if verb.recipe and verb.words == ("data", "check"):
@@ -214,9 +218,10 @@ def _config(verb: Verb, args: argparse.Namespace):
     from .config import Verbatim, build
 
     text = _text_fields(_load(verb.config))
-    given = {k[4:]: Verbatim(v) if k[4:] in text and isinstance(v, str) else v
-             for k, v in vars(args).items() if k.startswith("cfg:")}
-    positional = {k[4:]: Verbatim(v) for k, v in vars(args).items() if k.startswith("pos:") and v is not None}
+    given = {k[4:]: Verbatim(v) if k[4:] in text and isinstance(v, str) and v not in ("null", "~") else v
+             for k, v in vars(args).items() if k.startswith("cfg:")}  # 'null' still clears an optional text
+    positional = {k[4:]: [Verbatim(x) for x in v] if isinstance(v, list) else Verbatim(v)
+                  for k, v in vars(args).items() if k.startswith("pos:") and v is not None}
     if verb.recipe:
         from .stages.recipe import load_recipe
 
@@ -264,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted: completed checkpoints are kept; continue with --resume", file=sys.stderr)
+        print("\ninterrupted: finished work is kept (training: complete checkpoints; continue with --resume)",
+              file=sys.stderr)
         return 130
 
 

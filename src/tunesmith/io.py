@@ -7,6 +7,7 @@ half-written file that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,16 @@ def cache_root() -> Path:
     """Where caches live (converted models, NLTK data, selection features): $TUNESMITH_CACHE,
     else ~/.cache/tunesmith."""
     return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
+
+
+def sha256_files(paths: Iterable[str | os.PathLike]) -> str:
+    """sha256 of the files' bytes, read in the order given (a file's content hash, or a model's)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _tmp_name(path: Path) -> Path:

@@ -25,7 +25,8 @@ from pydantic import Field, model_validator
 from .config import Section
 
 from .errors import UserError
-from .io import atomic_dir, cache_root
+from .io import atomic_dir, cache_root, sha256_files
+from .qformat import is_quantized_dir, load_quantized_model
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -191,6 +192,8 @@ def load_model(spec: str | None, dtype: torch.dtype = torch.float32, trust_remot
     from transformers import AutoModelForCausalLM
 
     path = local_model_dir(spec, log=log)
+    if is_quantized_dir(path):  # tunesmith's int8/int4 folders: weights dequantized at load
+        return load_quantized_model(path, dtype, trust_remote_code)
     return _hub_guard(path, lambda: AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code), "model")
 
@@ -213,3 +216,13 @@ def load_configured_model(cfg: ModelConfig, log=print):
 def load_model_and_tokenizer(cfg: ModelConfig, log=print):
     """(model, tokenizer) of a model config."""
     return load_configured_model(cfg, log=log), load_tokenizer(cfg.name, log=log)
+
+
+def base_weights_sha256(spec: str | None) -> str | None:
+    """sha256 of a model's weight file(s): the GGUF for a bundled or .gguf model, the safetensors of a
+    folder (name order); None for a hub id."""
+    resolved = resolve_model(spec)
+    if resolved.kind == "hub":
+        return None
+    root = Path(resolved.path)
+    return sha256_files([root / resolved.gguf_file] if resolved.gguf_file else sorted(root.glob("*.safetensors")))

@@ -7,6 +7,8 @@ by a later stage that lists it; the data report checks kept + rejected + removed
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from ..data.example import Example, Reject
 from ..data.load import load_examples, reason_kind, write_rejects
 from ..data.tasks import HELD_OUT_TASKS, TaskItem, generate_train_eval
 from ..errors import DataError
+from ..io import sha256_files
 
 
 class TaskData(Section):
@@ -122,6 +125,7 @@ def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example]
         raise DataError("no usable training sample is left after validation; see the rejects file")
     loss_samples = _loss_samples(cfg, tokenizer, loaded.eval_items)
     report = {"total": loaded.total, "kept": len(samples), "rejected": len(rejects),
+              "sources": source_funnel(loaded, rejects, samples),
               "by_reason": dict(Counter(reason_kind(r.reason) for r in rejects)), "formats": loaded.formats,
               "tokens": stats.to_json(), "eval_items": len(loaded.eval_items), "loss_samples": len(loss_samples),
               "rejects_file": str(rejects_path) if rejects_path else None}
@@ -129,6 +133,27 @@ def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example]
     # curation/selection (and those removals are listed in RUN/curation and RUN/selection).
     assert report["kept"] + report["rejected"] + removed == loaded.total, report
     return DataBundle(samples, loaded.eval_items, loss_samples, report)
+
+
+def source_funnel(loaded: Loaded, rejects: list[Reject], samples: list[TokenizedExample]) -> dict[str, Any]:
+    """Per data source: content hash and rows read, rejected, removed (curation, selection), trained."""
+    rows = Counter(e.source for e in loaded.examples) + Counter(r.source for r in loaded.rejects)
+    rejected = Counter(r.source for r in rejects)
+    kept = Counter(s.source for s in samples)
+    out = {}
+    for source, n in sorted(rows.items()):
+        path = Path(source)
+        if path.is_file():
+            digest = sha256_files([path])
+        else:  # generated: the hash of what was generated
+            h = hashlib.sha256()
+            for e in loaded.examples:
+                if e.source == source:
+                    h.update(json.dumps(e.messages, sort_keys=True).encode())
+            digest = h.hexdigest()
+        out[source] = {"sha256": digest, "rows": n, "rejected": rejected[source],
+                       "removed": n - rejected[source] - kept[source], "trained": kept[source]}
+    return out
 
 
 def _loss_samples(cfg: DataConfig, tokenizer, eval_items: list[TaskItem]) -> list[TokenizedExample]:

@@ -146,16 +146,35 @@ def during_training(model, tokenizer, cfg: EvalConfig, ctx: EvalContext, ckpt_ro
     return evaluate_step, best
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """A run directory: it holds a merged model (model/config.json)."""
+    return (Path(path) / "model" / "config.json").is_file()
+
+
+def run_held_out(run: Path, n_eval: int = HELD_OUT_TASKS, seed: int = 0) -> tuple[int, int]:
+    """(count, seed) of a run's held-out task items, from its config.yaml (only data.tasks is read)."""
+    if (run / "config.yaml").is_file():
+        tasks = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}).get("tasks")
+        if tasks:
+            return tasks.get("n_eval", n_eval), tasks.get("seed", seed)
+    return n_eval, seed
+
+
+def held_out_context(opts: SuiteOptions, tokenizer, n_eval: int, seed: int, data: str | None = None,
+                     max_seq_len: int = 1024, max_tokens_per_row: int = MAX_TOKENS_PER_ROW) -> EvalContext:
+    """An eval context on generated held-out items (and `data` conversations for the loss suite)."""
+    _, items = generate_train_eval(0, n_eval, seed)
+    held = load_examples(data, on_error="skip").examples if data else [it.to_example("tasks:eval") for it in items]
+    loss_samples = tokenize_examples(tokenizer, held, max_seq_len, "truncate")[0] if held else []
+    return eval_context(opts, items, loss_samples, seed, max_tokens_per_row)
+
+
 def _target(cfg: EvalVerbConfig) -> tuple[ModelConfig, Path, str, int, int]:
     """(model to load, run dir for results, label, held-out count, seed): a run directory brings its
-    merged model and its held-out items (only data.tasks of its config.yaml is read)."""
+    merged model and its held-out items."""
     run = Path(cfg.model.name)
-    if (run / "model" / "config.json").is_file():
-        n_eval, seed = cfg.tasks_n, cfg.seed
-        if (run / "config.yaml").is_file():
-            tasks = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}).get("tasks")
-            if tasks:
-                n_eval, seed = tasks.get("n_eval", n_eval), tasks.get("seed", seed)
+    if is_run_dir(run):
+        n_eval, seed = run_held_out(run, cfg.tasks_n, cfg.seed)
         model = cfg.model.model_copy(update={"name": str(run / "model")})
         return model, Path(cfg.out) if cfg.out else run, cfg.label or "after", n_eval, seed
     out = Path(cfg.out) if cfg.out else Path("runs") / "eval" / run.name
@@ -171,11 +190,7 @@ def run_eval(cfg: EvalVerbConfig, overwrite: bool = False) -> int:
         raise UsageError(f"{out} already holds {', '.join(c + '.json' for c in clash)}: add --overwrite to replace "
                          "them, or choose --label or --out")
     model, tokenizer = load_model_and_tokenizer(model_cfg, log=ui.log)
-    _, items = generate_train_eval(0, n_eval, seed)
-    held = load_examples(cfg.data, on_error="skip").examples if cfg.data else \
-        [it.to_example("tasks:eval") for it in items]
-    loss_samples = tokenize_examples(tokenizer, held, cfg.max_seq_len, "truncate")[0] if held else []
-    ctx = eval_context(cfg, items, loss_samples, seed, cfg.max_tokens_per_row)
+    ctx = held_out_context(cfg, tokenizer, n_eval, seed, cfg.data, cfg.max_seq_len, cfg.max_tokens_per_row)
     t0 = time.perf_counter()
     results = evaluate(model, tokenizer, cfg.suites, ctx, Path(cfg.model.name).name, out)
     ui.console.print(results_table(results, f"evaluation of {cfg.model.name}"))

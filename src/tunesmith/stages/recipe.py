@@ -3,7 +3,7 @@
     model:   models.ModelConfig        data:    stages.data.DataConfig
     curate:  stages.curate.CurateConfig     select:  stages.select.SelectConfig (optional)
     train:   train.config.TrainConfig  eval:    stages.evaluate.EvalConfig
-    output:  OutputConfig
+    export:  stages.export.ExportOptions   output:  OutputConfig
 
 A recipe is read from YAML, dotted overrides (`--train.lr 1e-4`) are applied, then everything is
 validated; unknown keys are errors. The same fields are the flags of `tunesmith run`.
@@ -23,6 +23,7 @@ from ..train.config import TrainConfig
 from .curate import CurateConfig
 from .data import DataConfig
 from .evaluate import EvalConfig
+from .export import ExportOptions
 from .select import SelectConfig
 
 MOVED = {"data.curate": "curate", "data.select": "select"}  # keys that became sections of their own
@@ -44,6 +45,7 @@ class Recipe(Section):
     select: SelectConfig | None = Field(None, description="data selection (absent: train on the whole pool)")
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportOptions = ExportOptions()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

@@ -11,6 +11,8 @@ data half).
   model/               merged full model in safetensors (plain transformers loads it)
   eval/before/<suite>.json, eval/after/<suite>.json   scores with per-item records
   summary.json, summary.md            the short story of the run
+  export/              the recipe's export steps (export_report.json: size and scores of each)
+  MODEL_CARD.md        provenance: base weights hash, data sources and funnel, config, evals, exports
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import Any
 from .. import ui
 from ..errors import UserError
 from ..io import write_json, write_text
-from ..models import load_configured_model, load_tokenizer
+from ..models import base_weights_sha256, load_configured_model, load_tokenizer
+from ..report.model_card import run_model_card
 from ..report.summary import build_summary, print_summary, summary_markdown
 from ..train.distributed import DistInfo, init_distributed
 from .data import DataBundle, print_data_report
 from .evaluate import during_training, eval_context, evaluate, load_evals
+from .export import Evaluator, export_steps
 from .outputs import out_dir
 from .prepare import prepare_data
 from .recipe import Recipe, dump_recipe
@@ -107,7 +111,29 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "summary.md", summary_markdown(summary))
     print_summary(summary)
+    if recipe.export.to:
+        _export(recipe, data, tokenizer, ctx, run_dir, model_dir)
+    write_text(run_dir / "MODEL_CARD.md", run_model_card(run_dir, base_weights_sha256(recipe.model.name)))
+    ui.log(f"model card: {run_dir / 'MODEL_CARD.md'}")
     return summary
+
+
+def _export(recipe: Recipe, data: DataBundle, tokenizer, ctx, run_dir: Path, model_dir: Path | None) -> None:
+    """The recipe's export steps on RUN/model into RUN/export/, scored on the run's held-out items."""
+    if model_dir is None:
+        raise UserError("export needs the merged model: set output.merge: true (or drop the export section)")
+    cfg = recipe.export
+    evaluate_export = None
+    if cfg.suites:
+        opts = recipe.eval.model_copy(update={"suites": cfg.suites, "limit": cfg.limit,
+                                              "ifeval_items": cfg.ifeval_items})
+        evaluate_export = Evaluator(opts, eval_context(opts, data.eval_items, data.loss_samples, recipe.train.seed,
+                                                       recipe.train.max_tokens_per_row), tokenizer)
+    calibration = [s.input_ids for s in data.train_samples[:cfg.calibration]]
+    command = f"tunesmith export {run_dir} --out {run_dir / 'export'} --to {','.join(cfg.to)}" + \
+        (f" --suites {','.join(cfg.suites)}" if cfg.suites else "")
+    export_steps(model_dir, out_dir(run_dir / "export"), cfg, evaluate_export, calibration, recipe.model.name,
+                 command)
 
 
 def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> int:

@@ -1,0 +1,236 @@
+"""The on-disk format of a weight-only quantized model, and how to read it back.
+
+A quantized model folder is a normal Hugging Face folder (``config.json``, tokenizer files,
+``generation_config.json``) plus ``tunesmith_quant.json``; its ``quantized.safetensors`` holds, for
+every quantized Linear weight ``X.weight``:
+
+* ``X.weight.qdata``: the integers. int8 ``[out, in]`` for ``int8``; for ``int4-*`` two 4-bit
+  values per byte, uint8 ``[out, in // 2]`` (see `pack_int4`);
+* ``X.weight.scale``: fp32, ``[out]`` for int8 (per output channel), ``[out, in // group_size]``
+  for int4 (per group of `group_size` consecutive input channels);
+* ``X.weight.awq_scale`` (``int4-awq`` only): fp32 ``[in]``, the per-input-channel scale s.
+
+Every other tensor (embeddings, norms, biases, lm_head unless tied) is stored unchanged in fp32;
+a tensor tied to another one (SmolLM2's lm_head) is stored once, under the name kept by the model.
+
+The quantization is symmetric and has no zero point. The weight the integers stand for is
+
+    int8:            W[o, i] = q[o, i] * scale[o]
+    int4-rtn:        W[o, i] = q[o, i] * scale[o, i // group_size]
+    int4-awq:        W[o, i] = q[o, i] * scale[o, i // group_size] / s[i]
+
+i.e. for AWQ the integers quantize W·diag(s) and the effective weight is Q(W·diag(s))·diag(s)^-1.
+
+``tunesmith_quant.json`` holds ``{format_version, method, bits, group_size, symmetric: true,
+quantized: [weight names], skipped: {name: reason}, tied: {...}, calibration: {...}}``.
+
+A low layer: imports only torch, safetensors, tunesmith.errors and tunesmith.io (transformers is
+imported inside `load_quantized_model`, the one function that builds a model).
+
+Plain ``transformers.from_pretrained`` does NOT understand this folder (it would find no
+``X.weight`` and initialise those weights at random); load it with `load_quantized_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+from .io import atomic_dir, write_json
+
+FORMAT_VERSION = 1
+QUANT_FILE = "tunesmith_quant.json"
+WEIGHTS_FILE = "quantized.safetensors"  # not model.safetensors: plain transformers must refuse the folder, not random-init it
+METHODS = ("int8", "int4-rtn", "int4-awq")
+BITS = {"int8": 8, "int4-rtn": 4, "int4-awq": 4}
+
+QDATA, SCALE, AWQ_SCALE = ".qdata", ".scale", ".awq_scale"
+
+# Files of a source model folder that are never copied into a quantized folder (the weights are
+# written anew; `.complete` marks tunesmith's GGUF cache).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_NOT_COPIED = {"model.safetensors.index.json", "pytorch_model.bin.index.json", ".complete", QUANT_FILE}
+
+
+# ---------------------------------------------------------------------------------------------
+# int4 packing and dequantization
+# ---------------------------------------------------------------------------------------------
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int8 ``[out, in]`` with values in -8..7 -> uint8 ``[out, in // 2]``.
+
+    Input channel 2j goes in the low nibble of byte j, channel 2j+1 in the high nibble, each as a
+    4-bit two's complement value (so -1 is 0xF). `in` must be even.
+    """
+    if q.dim() != 2 or q.shape[1] % 2:
+        raise ValueError(f"pack_int4 needs a 2-D tensor with an even number of columns, got {tuple(q.shape)}")
+    if q.numel() and (int(q.min()) < -8 or int(q.max()) > 7):
+        raise ValueError("pack_int4: values must lie in -8..7")
+    nib = (q.to(torch.int16) & 0xF).to(torch.uint8)
+    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[out, in // 2]`` -> int8 ``[out, in]`` in -8..7 (the inverse of `pack_int4`)."""
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"unpack_int4 needs a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    p = packed.to(torch.int16)
+    nib = torch.stack([p & 0xF, (p >> 4) & 0xF], dim=-1).reshape(packed.shape[0], -1)
+    return torch.where(nib >= 8, nib - 16, nib).to(torch.int8)
+
+
+def dequantize(qdata: torch.Tensor, scale: torch.Tensor, method: str, group_size: int | None = None,
+               awq_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The fp32 weight that `qdata` and `scale` (and, for int4-awq, `awq_scale`) stand for."""
+    if method == "int8":
+        return qdata.to(torch.float32) * scale.to(torch.float32).view(-1, 1)
+    if method not in ("int4-rtn", "int4-awq"):
+        raise ValueError(f"unknown quantization method '{method}': use one of {', '.join(METHODS)}")
+    q = unpack_int4(qdata) if qdata.dtype == torch.uint8 else qdata
+    out, cols = q.shape
+    if not group_size or cols % group_size or scale.shape != (out, cols // group_size):
+        raise ValueError(f"scale {tuple(scale.shape)} does not fit a [{out}, {cols}] weight in groups of "
+                         f"{group_size}")
+    w = (q.to(torch.float32).view(out, -1, group_size) * scale.to(torch.float32).unsqueeze(-1)).view(out, cols)
+    if method == "int4-awq":
+        if awq_scale is None:
+            raise ValueError("int4-awq needs awq_scale")
+        w = w / awq_scale.to(torch.float32).view(1, -1)
+    return w
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing a folder
+# ---------------------------------------------------------------------------------------------
+
+
+def is_quantized_dir(path: str | Path) -> bool:
+    """True when `path` is a folder written by `write_quantized` (it holds tunesmith_quant.json)."""
+    p = Path(path)
+    return p.is_dir() and (p / QUANT_FILE).is_file()
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    """The folder's tunesmith_quant.json, checked (format version, method)."""
+    f = Path(path) / QUANT_FILE
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{f}: not a readable quantization description ({exc})") from None
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{f}: format_version {version!r} is not supported (this tunesmith reads "
+                        f"{FORMAT_VERSION}); re-export the model with this version")
+    if info.get("method") not in METHODS:
+        raise UserError(f"{f}: unknown method {info.get('method')!r}; expected one of {', '.join(METHODS)}")
+    return info
+
+
+def load_dequantized_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict of plain fp32 tensors, info) of a quantized folder.
+
+    Quantized weights come back dequantized under their own names (``X.weight``); every other
+    tensor as stored. Tied tensors stored once come back once (the model ties them again).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    info = read_info(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"quantized model folder {path} has no {WEIGHTS_FILE}")
+    method, group = info["method"], info.get("group_size")
+    with safe_open(str(weights), framework="pt") as f:
+        names = set(f.keys())
+        raw = {n: f.get_tensor(n) for n in names}
+    quantized = {n[: -len(QDATA)] for n in names if n.endswith(QDATA)}
+    listed = set(info.get("quantized", []))
+    if quantized != listed:
+        raise UserError(f"{path}: {WEIGHTS_FILE} and {QUANT_FILE} disagree on the quantized weights "
+                        f"(only in the weights: {sorted(quantized - listed)[:3]}, only in the description: "
+                        f"{sorted(listed - quantized)[:3]}); the folder is damaged, export it again")
+    state: dict[str, torch.Tensor] = {}
+    for name in sorted(quantized):
+        try:
+            awq = raw.pop(name + AWQ_SCALE) if method == "int4-awq" else None
+            state[name] = dequantize(raw.pop(name + QDATA), raw.pop(name + SCALE), method, group, awq)
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{path}: quantized weight {name} is incomplete or malformed ({exc})") from None
+    stray = [n for n in raw if n.endswith((QDATA, SCALE, AWQ_SCALE))]
+    if stray:
+        raise UserError(f"{path}: stray quantization tensors {stray[:3]}; the folder is damaged")
+    for name, t in raw.items():
+        state[name] = t.to(torch.float32) if t.is_floating_point() else t
+    return state, info
+
+
+def write_quantized(out_dir: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any],
+                    copy_from: str | Path | None = None) -> Path:
+    """Write a quantized model folder atomically (a stop at any moment leaves no complete-looking
+    folder): `tensors` to quantized.safetensors, `info` to tunesmith_quant.json and, from `copy_from`
+    (the source model folder), every file but its weights (config, tokenizer, generation config).
+    """
+    from safetensors.torch import save_file
+
+    method = info.get("method")
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}")
+    info = {"format_version": FORMAT_VERSION, "bits": BITS[method], "symmetric": True, **info}
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if copy_from is not None:
+            for f in sorted(Path(copy_from).iterdir()):
+                if f.is_file() and f.name not in _NOT_COPIED and not f.name.endswith(_WEIGHT_SUFFIXES):
+                    shutil.copy2(f, tmp / f.name)
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": "pt", "tunesmith_quant": method})
+        write_json(tmp / QUANT_FILE, info)  # last: the description marks a folder as quantized
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the model (the call tunesmith.models.load_model makes for a quantized folder)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_quantized_model(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """A transformers causal LM holding the weights a quantized folder represents (dequantized,
+    in `dtype`), with SDPA attention, its generation config, tied embeddings tied, in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    path = Path(path)
+    state, info = load_dequantized_state(path)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from contextlib import nullcontext as no_init_weights
+    with no_init_weights():  # every weight is overwritten below; skip the random init
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                                 trust_remote_code=trust_remote_code)
+    model = model.to(torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise UserError(f"{path}: weights {unexpected[:3]} do not belong to a {config.model_type} model; "
+                        "the folder's config.json and weights disagree")
+    model.tie_weights()
+    # A weight still missing after tying would be left uninitialised: refuse rather than guess.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tied_ok = {n for n in missing if n in params and any(
+        params[n] is params[m] for m in state if m in params)}
+    really_missing = [n for n in missing if n not in tied_ok]
+    if really_missing:
+        raise UserError(f"{path}: weights {really_missing[:3]} are missing from {WEIGHTS_FILE}; the folder "
+                        "is damaged, export it again")
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    model = model.to(dtype)
+    model.eval()
+    model.tunesmith_quant = info  # what the weights went through (shown by callers that care)
+    return model
