@@ -25,6 +25,7 @@ STEPS = "int8,int4-rtn,int4-awq,gguf-f16,gguf-q8_0,gguf-q4_0"
 
 def table(report: dict, suites: list[str]) -> str:
     fp32 = report["steps"][0]["eval"]
+    suites = [c for s in suites for c in (s, f"{s}_loose") if c in fp32]  # ifeval: strict and loose
     head = ["export", "size MB"] + [f"{s} (delta)" for s in suites] + ["gen tok/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for step in report["steps"]:

@@ -73,11 +73,14 @@ def export_lines(report: dict[str, Any] | None, prefix: str = "") -> list[str]:
     """The exports table: step, file, size, and the scores measured on each."""
     if not report or not report.get("steps"):
         return []
-    suites = sorted({s for step in report["steps"] for s in step.get("eval", {})})
-    head = "| export | path | size MB | " + " | ".join(title(s) for s in suites) + " | notes |"
-    lines = ["## Exports", "", head, "|" + "---|" * (4 + len(suites))]
+    suites = sorted({s for step in report["steps"] for s in step.get("eval", {}) if s != "tokens_per_s"})
+    speed = any("tokens_per_s" in step.get("eval", {}) for step in report["steps"])
+    head = "| export | path | size MB | " + " | ".join(title(s) for s in suites) + \
+        (" | generation tokens/s" if speed else "") + " | notes |"
+    lines = ["## Exports", "", head, "|" + "---|" * (4 + len(suites) + speed)]
     for step in report["steps"]:
-        scores = " | ".join(fmt(step.get("eval", {}).get(s), s) for s in suites)
+        scores = " | ".join([fmt(step.get("eval", {}).get(s), s) for s in suites] +
+                            ([str(step.get("eval", {}).get("tokens_per_s", "-"))] if speed else []))
         lines.append(f"| {step['step']} | `{prefix}{step['path']}` | {step['bytes'] / 1e6:.1f} | {scores} | "
                      f"{step.get('note', '')} |")
     return lines + [""]

@@ -10,6 +10,7 @@ from ..evaluate.harness import LOWER_IS_BETTER
 
 SUITE_TITLES = {"tasks": "tasks exact-match", "loss": "held-out loss", "robustness": "robustness (mean over phrasings)",
                 "ifbench": "IFBench prompt-level strict", "ifeval": "IFEval prompt-level strict",
+                "ifbench_loose": "IFBench prompt-level loose", "ifeval_loose": "IFEval prompt-level loose",
                 "humaneval": "HumanEval pass@1"}
 SHORT = {"prompt_level_strict": "prompt strict", "instruction_level_strict": "instr strict",
          "prompt_level_loose": "prompt loose", "instruction_level_loose": "instr loose"}

@@ -98,6 +98,9 @@ class Evaluator:
     def __call__(self, model, label: str, suites: list[str] | None = None) -> dict[str, float]:
         results = run_suites(model, self.tokenizer, suites or self.opts.suites, self.ctx, label)
         scores: dict[str, Any] = {s: r["score"] for s, r in results.items()}
+        for s, r in results.items():  # instruction following: the loose prompt-level accuracy as well
+            if "prompt_level_loose" in r:
+                scores[f"{s}_loose"] = r["prompt_level_loose"]
         if "tasks" in results and results["tasks"]["wall_s"]:
             generated = sum(len(self.tokenizer(r["output"], add_special_tokens=False).input_ids)
                             for r in results["tasks"]["records"])
