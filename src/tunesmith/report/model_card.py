@@ -38,8 +38,10 @@ def _last_loss(metrics: Path) -> float | None:
 def _data_lines(report: dict[str, Any]) -> list[str]:
     lines = ["## Data", "", f"{report['total']} records in, {report['rejected']} rejected, "
              f"{report['kept']} trained on ({report['tokens']['trainable_tokens']} trained-on tokens of "
-             f"{report['tokens']['total_tokens']}).", ""]
+             f"{report['tokens']['total_tokens']})."]
     refined = report.get("curation_and_selection", {})
+    if refined:
+        lines.append("")
     if "dedup" in refined:
         lines.append(f"- deduplicated: {refined['dedup']['exact_removed']} exact and "
                      f"{refined['dedup']['near_removed']} near duplicates removed (`curation/dedup/`)")
@@ -75,14 +77,15 @@ def export_lines(report: dict[str, Any] | None, prefix: str = "") -> list[str]:
         return []
     suites = sorted({s for step in report["steps"] for s in step.get("eval", {}) if s != "tokens_per_s"})
     speed = any("tokens_per_s" in step.get("eval", {}) for step in report["steps"])
-    head = "| export | path | size MB | " + " | ".join(title(s) for s in suites) + \
-        (" | generation tokens/s" if speed else "") + " | notes |"
-    lines = ["## Exports", "", head, "|" + "---|" * (4 + len(suites) + speed)]
+    head = ["export", "path", "size MB", *(title(s) for s in suites), *(["generation tokens/s"] if speed else []),
+            "notes"]
+    lines = ["## Exports", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for step in report["steps"]:
-        scores = " | ".join([fmt(step.get("eval", {}).get(s), s) for s in suites] +
-                            ([str(step.get("eval", {}).get("tokens_per_s", "-"))] if speed else []))
-        lines.append(f"| {step['step']} | `{prefix}{step['path']}` | {step['bytes'] / 1e6:.1f} | {scores} | "
-                     f"{step.get('note', '')} |")
+        scores = [fmt(step.get("eval", {}).get(s), s) for s in suites]
+        if speed:
+            scores.append(str(step.get("eval", {}).get("tokens_per_s", "-")))
+        cells = [step["step"], f"`{prefix}{step['path']}`", f"{step['bytes'] / 1e6:.1f}", *scores, step.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
