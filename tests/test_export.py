@@ -146,3 +146,16 @@ def test_export_errors_are_one_message(tmp_path, capsys):
     assert "without a merged model" in capsys.readouterr().err
     assert main(["export", "soup", str(run), "--out", str(tmp_path / "o")]) == 2
     assert "two or more" in capsys.readouterr().err
+
+
+def test_export_scores_use_the_runs_generation_settings(tmp_path, tiny_dir):
+    from tunesmith.stages.export import ExportOptions, evaluator_for
+    from tunesmith.models import load_tokenizer
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {tasks: {n_train: 4, n_eval: 13, seed: 3}}\n"
+                                     "eval: {max_new_tokens: 7, ifeval_items: 50, limit: 2, batch_size: 4}\n")
+    ev = evaluator_for(ExportOptions(suites=["tasks"], ifeval_items=20), load_tokenizer(str(tiny_dir)), run)
+    assert (ev.opts.max_new_tokens, ev.opts.batch_size, ev.opts.ifeval_items, ev.opts.limit) == (7, 4, 20, None)
+    assert len(ev.ctx.task_items) == 13 and ev.ctx.seed == 3

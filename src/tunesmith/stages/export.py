@@ -244,8 +244,8 @@ def evaluator_for(cfg: ExportOptions, tokenizer, run: Path | None) -> Evaluator 
     if not cfg.suites:
         return None
     _, run_eval = _run_settings(run) if run else ({}, {})
-    keep = {k: v for k, v in run_eval.items() if k in SuiteOptions.model_fields and k not in ("suites", "limit")}
-    opts = SuiteOptions(**keep, suites=cfg.suites, limit=cfg.limit, ifeval_items=cfg.ifeval_items)
+    settings = {k: v for k, v in run_eval.items() if k in SuiteOptions.model_fields}  # the run's generation bounds
+    opts = SuiteOptions(**{**settings, "suites": cfg.suites, "limit": cfg.limit, "ifeval_items": cfg.ifeval_items})
     n_eval, seed = run_held_out(run) if run else (HELD_OUT_TASKS, 0)
     return Evaluator(opts, held_out_context(opts, tokenizer, n_eval, seed), tokenizer)
 
