@@ -11,15 +11,15 @@ import argparse
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from . import __version__
-from .errors import UsageError, UserError
+from .errors import UserError
 
 
 @dataclass(frozen=True)

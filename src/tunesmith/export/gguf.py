@@ -236,6 +236,45 @@ def _convert(t: _Tensor, data: np.ndarray) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), t.ggml)
 
 
+def _head_dim(config: dict[str, Any]) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def _add_metadata(writer, config: dict[str, Any], name: str, qtype: str, vocab_size: int, rope: tuple) -> None:
+    """The llama architecture keys llama.cpp reads (sizes, heads, RoPE, norm epsilon, file type)."""
+    theta, rope_type, rope_params = rope
+    n_head = config["num_attention_heads"]
+    head_dim = _head_dim(config)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_context_length(int(config.get("max_position_embeddings", 2048)))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or n_head)
+    writer.add_rope_freq_base(theta)
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_vocab_size(vocab_size)
+    writer.add_rope_dimension_count(head_dim)
+    if config.get("head_dim") is not None:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope_params["factor"]))
+    writer.add_file_type(_FILE_TYPE[qtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _result(out_path: Path, size: int, qtype: str, tensors: list) -> dict[str, Any]:
+    return {"path": str(out_path), "bytes": size, "qtype": qtype, "tensors": len(tensors),
+            "quantized": sum(t.ggml in _QUANT.values() for t in tensors),
+            "kept_f32": [t.name for t in tensors if t.ggml == _T.F32],
+            "fallback_f16": [t.name for t in tensors if t.fallback],
+            "types": {t.name: t.ggml.name for t in tensors}}
+
+
 def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "f16", log=print, *,
                pre_tokenizer: str | None = None) -> dict:
     """Convert a Hugging Face Llama-architecture model folder (config.json, *.safetensors, tokenizer
@@ -263,9 +302,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "f16", 
         if not isinstance(config.get(key), int):
             raise UserError(f"{cfg_path}: '{key}' is missing or not an integer")
     tensors = _plan(config, index, qtype, cfg_path)
-    hidden, n_head = config["hidden_size"], config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_head
-    head_dim = config.get("head_dim") or hidden // n_head
+    head_dim = _head_dim(config)
     vocab_size = tensors[0].shape[0]
     if config.get("vocab_size", vocab_size) != vocab_size:
         raise UserError(f"{cfg_path}: vocab_size {config['vocab_size']} but the embedding has {vocab_size} rows")
@@ -284,26 +321,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "f16", 
     with atomic_path(out_path) as tmp, ExitStack() as stack:
         writer = gguf.GGUFWriter(tmp, "llama")
         stack.callback(writer.close)
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(name)
-        writer.add_context_length(int(config.get("max_position_embeddings", 2048)))
-        writer.add_embedding_length(hidden)
-        writer.add_block_count(config["num_hidden_layers"])
-        writer.add_feed_forward_length(config["intermediate_size"])
-        writer.add_head_count(n_head)
-        writer.add_head_count_kv(n_kv)
-        writer.add_rope_freq_base(theta)
-        writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-        writer.add_vocab_size(vocab_size)
-        writer.add_rope_dimension_count(head_dim)
-        if config.get("head_dim") is not None:
-            writer.add_key_length(head_dim)
-            writer.add_value_length(head_dim)
-        if rope_type == "linear":
-            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(float(rope_params["factor"]))
-        writer.add_file_type(_FILE_TYPE[qtype])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_metadata(writer, config, name, qtype, vocab_size, (theta, rope_type, rope_params))
         add_vocab(writer, vocab)
         for t in tensors:
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml)
@@ -315,11 +333,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, qtype: str = "f16", 
             writer.write_tensor_data(_convert(t, _load(t, index, handles, stack)))
         writer.close()
     size = out_path.stat().st_size
-    result = {"path": str(out_path), "bytes": size, "qtype": qtype, "tensors": len(tensors),
-              "quantized": sum(t.ggml in _QUANT.values() for t in tensors),
-              "kept_f32": [t.name for t in tensors if t.ggml == _T.F32],
-              "fallback_f16": [t.name for t in tensors if t.fallback],
-              "types": {t.name: t.ggml.name for t in tensors}}
+    result = _result(out_path, size, qtype, tensors)
     if result["fallback_f16"]:
         log(f"kept f16 (rows not a multiple of the {qtype} block): {', '.join(result['fallback_f16'])}")
     log(f"wrote {out_path} ({size / 1e6:.1f} MB) in {time.time() - t0:.1f}s")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,15 @@ from torch import nn
 
 from .. import qformat
 from ..errors import UserError
+from ..ui import progress_bar
+from .calibration import (CALIBRATION_SEED, LinearInputs, calibration_summary, collect_activations,  # noqa: F401
+                          default_calibration_ids, quantizable_linears)
 
 METHODS = qformat.METHODS
 AWQ_GRID = 20  # alpha in 0, 1/20, ..., 19/20
 CLIP_GRID = 20  # shrink factors 1 - k/20 ...
 CLIP_MAX_SHRINK = 0.5  # ... for k < 0.5 * 20: down to 55% of the group's max
 _NO_CLIP = ("q_proj", "k_proj", "query_key_value", "Wqkv", "c_attn")
-CALIBRATION_SEED = 7_000_003  # generated calibration items: a seed apart from train/eval/target seeds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,151 +167,76 @@ def _clip_search(ws: torch.Tensor, s: torch.Tensor, gram: torch.Tensor, group_si
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration: the inputs each Linear sees
+# The whole model
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LinearInputs:
-    """What one Linear's inputs looked like on the calibration data. Linears fed the very same
-    tensor (q/k/v, gate/up) share one object."""
-
-    abs_sum: torch.Tensor  # fp32 [in]: sum of |x| over every row seen
-    max_rows: int = 4096
-    n_rows: int = 0  # rows seen (before sampling)
-    _chunks: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (rows, keys)
-    _threshold: float = 1.0  # rows with a key above this can no longer be in the sample
-    _gram: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor, gen: torch.Generator) -> None:
-        """Record rows x [n, in] (fp32). The sample is uniform without replacement: every row gets a
-        random key and the `max_rows` rows with the smallest keys are kept."""
-        self.abs_sum += x.abs().sum(dim=0)
-        self.n_rows += x.shape[0]
-        keys = torch.rand(x.shape[0], generator=gen)
-        keep = keys < self._threshold
-        if keep.any():
-            self._chunks.append((x[keep], keys[keep]))  # boolean indexing copies
-        if sum(k.numel() for _, k in self._chunks) > 2 * self.max_rows:  # amortised: O(rows) overall
-            self._consolidate()
-
-    def _consolidate(self) -> None:
-        if len(self._chunks) <= 1 and (not self._chunks or self._chunks[0][1].numel() <= self.max_rows):
-            return
-        rows = torch.cat([r for r, _ in self._chunks])
-        keys = torch.cat([k for _, k in self._chunks])
-        if keys.numel() > self.max_rows:
-            idx = torch.topk(keys, self.max_rows, largest=False).indices
-            rows, keys = rows[idx], keys[idx]
-            self._threshold = float(keys.max())
-        self._chunks = [(rows.contiguous(), keys)]
-
-    @property
-    def rows(self) -> torch.Tensor:
-        """The sampled input rows, fp32 [min(n_rows, max_rows), in]."""
-        self._consolidate()
-        return self._chunks[0][0] if self._chunks else self.abs_sum.new_empty(0, self.abs_sum.numel())
-
-    @property
-    def abs_mean(self) -> torch.Tensor:
-        return self.abs_sum / max(self.n_rows, 1)
-
-    def gram(self) -> torch.Tensor:
-        """X^T X of the sampled rows, float64 (computed once, shared by the Linears fed this input)."""
-        if self._gram is None:
-            x = self.rows.to(torch.float64)
-            self._gram = x.T @ x
-        return self._gram
-
-    def drop_gram(self) -> None:
-        self._gram = None
+def _check_method(method: str, group_size: int) -> bool:
+    """Validate the options; True for the int4 methods."""
+    if method not in METHODS:
+        raise UserError(f"unknown quantization method '{method}': use one of {', '.join(METHODS)}")
+    int4 = method != "int8"
+    if int4 and (group_size <= 0 or group_size % 2):
+        raise UserError(f"group_size must be a positive even number, got {group_size}")
+    return int4
 
 
-def quantizable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """(name, module) of every nn.Linear of the decoder: all Linears but the output layer (and any
-    Linear whose weight is the input embedding)."""
-    if hasattr(model, "peft_config"):
-        raise UserError("the model still carries a LoRA adapter; merge it first (quantize the merged "
-                        "model folder, e.g. RUN/model)")
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    emb_w = getattr(emb, "weight", None)
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and m is not head and m.weight is not emb_w]
-
-
-@torch.no_grad()
-def collect_activations(model: nn.Module, token_id_lists: Sequence[Sequence[int]], max_tokens: int = 8192,
-                        max_rows: int = 4096, seed: int = 0) -> dict[str, LinearInputs]:
-    """Run the calibration sequences (one at a time, no grad, fp32 inputs) and record, for every
-    decoder Linear, a uniform sample of at most `max_rows` input rows and the mean |x| per input
-    channel over all rows. At most `max_tokens` tokens are fed (sequences are cut there)."""
-    linears = quantizable_linears(model)
-    gen = torch.Generator().manual_seed(seed)
-    stats: dict[str, LinearInputs] = {}
-    current: list[tuple[torch.Tensor, LinearInputs]] = []  # (input, its stats) within one forward
-
-    def hook(name: str):
-        def fn(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            for seen, st in current:  # a peer Linear already recorded this very tensor
-                if seen is x:
-                    stats.setdefault(name, st)
-                    if stats[name] is not st:
-                        raise RuntimeError(f"calibration: {name} changed which input it shares")
-                    return
-            x2 = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float32)  # statistics live on the CPU
-            st = stats.get(name)
-            if st is None:
-                st = stats[name] = LinearInputs(abs_sum=torch.zeros(x2.shape[1]), max_rows=max_rows)
-            current.append((x, st))
-            st.add(x2, gen)
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in linears]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None) or max_tokens
-    fed = 0
-    try:
-        for ids in token_id_lists:
-            if fed >= max_tokens:
-                break
-            ids = list(ids)[: min(max_tokens - fed, max_len)]
-            if not ids:
-                continue
-            current.clear()
-            model(input_ids=torch.tensor([ids], device=device), use_cache=False)
-            fed += len(ids)
-    finally:
-        current.clear()
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+def _calibration_stats(model: nn.Module, calibration, info: dict[str, Any]) -> dict[str, LinearInputs]:
+    """int4-awq: the collected Linear inputs (collected now when token id lists are given)."""
+    if calibration is None:
+        raise UserError("int4-awq needs calibration data (token id lists); int8 and int4-rtn do not")
+    stats = calibration if isinstance(calibration, dict) else collect_activations(model, calibration)
+    if not stats:
+        raise UserError("the calibration data reached no Linear layer (empty token lists?)")
+    info["calibration"] = calibration_summary(stats)
+    info["awq"] = {"grid": AWQ_GRID, "clip_search": True, "layers": {}}
     return stats
 
 
-def calibration_summary(stats: dict[str, LinearInputs]) -> dict[str, Any]:
-    firsts = list(stats.values())
-    return {"tokens": firsts[0].n_rows if firsts else 0,
-            "rows_per_layer": max((s.rows.shape[0] for s in firsts), default=0),
-            "distinct_inputs": len({id(s) for s in firsts})}
+def _quantize_awq(name: str, wname: str, w: torch.Tensor, group_size: int, stats: dict[str, LinearInputs],
+                  later: list[str], awq_info: dict[str, Any], log: Callable[[str], Any]) -> dict[str, torch.Tensor]:
+    """One Linear with AWQ: searched scales and clipping (plain RTN when no calibration input reached it)."""
+    st = stats.get(name)
+    if st is None or st.n_rows == 0:
+        q, scale = quantize_int4(w, group_size)
+        s = torch.ones(w.shape[1])
+        awq_info[wname] = {"alpha": 0.0, "note": "no calibration input reached it: plain RTN"}
+        log(f"quantize: {wname}: no calibration input reached it; plain RTN (awq_scale = 1)")
+    else:
+        r = awq_search(w, st.abs_mean, st.gram(), group_size, clip=not name.endswith(_NO_CLIP))
+        q, scale, s = r.q, r.scale, r.awq_scale
+        ref = r.reference or 1.0
+        awq_info[wname] = {"alpha": r.alpha, "clipped": r.clipped, "rel_error": r.error / ref,
+                           "rtn_rel_error": r.rtn_error / ref}
+        if all(stats.get(n2) is not st for n2 in later):
+            st.drop_gram()  # the last Linear fed this input: free its Gram matrix
+    return {qformat.QDATA: qformat.pack_int4(q), qformat.SCALE: scale, qformat.AWQ_SCALE: s.to(torch.float32)}
 
 
-def default_calibration_ids(tokenizer, n: int = 128, seed: int = CALIBRATION_SEED) -> list[list[int]]:
-    """Generated task conversations (tunesmith.data.tasks) rendered with the chat template: a
-    calibration set when the user gives none. The seed keeps them apart from the default train and
-    held-out items."""
-    from ..data.chat import render
-    from ..data.tasks import generate_examples
+def _quantize_linear(w: torch.Tensor, method: str, group_size: int) -> dict[str, torch.Tensor]:
+    """One Linear weight, int8 or int4 round-to-nearest."""
+    if method == "int8":
+        q, scale = quantize_int8(w)
+        return {qformat.QDATA: q, qformat.SCALE: scale}
+    q, scale = quantize_int4(w, group_size)
+    return {qformat.QDATA: qformat.pack_int4(q), qformat.SCALE: scale}
 
-    return [render(tokenizer, ex.messages, add_generation_prompt=False) for ex in generate_examples(n, seed)]
 
-
-# ---------------------------------------------------------------------------------------------
-# The whole model
-# ---------------------------------------------------------------------------------------------
+def _summarise(info: dict[str, Any], model: nn.Module, quantized: dict, skipped: dict[str, str]
+               ) -> dict[str, torch.Tensor]:
+    """Fill info (quantized, skipped, tied, what stays fp32, AWQ error means); the tensors to write."""
+    tensors, tied = _tensors_to_write(model, quantized)
+    info["quantized"] = sorted(quantized)
+    info["skipped"] = skipped
+    info["tied"] = tied
+    info["kept_fp32"] = ("embeddings, the output layer (lm_head), norms, biases and skipped layers"
+                         + ("; lm_head is tied to the input embedding and stored once" if tied else ""))
+    layers = info.get("awq", {}).get("layers", {}).values()
+    errs = [(v["rel_error"], v["rtn_rel_error"]) for v in layers if "rel_error" in v]
+    if errs:
+        info["awq"]["mean_rel_error"] = sum(e for e, _ in errs) / len(errs)
+        info["awq"]["mean_rtn_rel_error"] = sum(e for _, e in errs) / len(errs)
+    return tensors
 
 
 @torch.no_grad()
@@ -323,79 +250,34 @@ def quantize_model(model: nn.Module, method: str, group_size: int = 32,
     cannot be quantized (in_features not a multiple of group_size) stays fp32, is listed in
     info["skipped"] with the reason and is logged.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown quantization method '{method}': use one of {', '.join(METHODS)}")
-    int4 = method != "int8"
-    if int4 and (group_size <= 0 or group_size % 2):
-        raise UserError(f"group_size must be a positive even number, got {group_size}")
+    int4 = _check_method(method, group_size)
     linears = quantizable_linears(model)
     if not linears:
         raise UserError("the model has no Linear layers to quantize")
     info: dict[str, Any] = {"method": method, "bits": qformat.BITS[method],
                             "group_size": group_size if int4 else None, "symmetric": True, "calibration": None}
-    stats: dict[str, LinearInputs] | None = None
-    if method == "int4-awq":
-        if calibration is None:
-            raise UserError("int4-awq needs calibration data (token id lists); int8 and int4-rtn do not")
-        stats = calibration if isinstance(calibration, dict) else collect_activations(model, calibration)
-        if not stats:
-            raise UserError("the calibration data reached no Linear layer (empty token lists?)")
-        info["calibration"] = calibration_summary(stats)
-        info["awq"] = {"grid": AWQ_GRID, "clip_search": True, "layers": {}}
-
+    stats = _calibration_stats(model, calibration, info) if method == "int4-awq" else None
     quantized: dict[str, dict[str, torch.Tensor]] = {}
     skipped: dict[str, str] = {}
-    t0, last_log = time.time(), time.time()
-    for k, (name, lin) in enumerate(linears, start=1):
-        wname = f"{name}.weight"
-        w = lin.weight.detach().to("cpu", torch.float32)  # quantization runs on the CPU, in fp32
-        if int4 and w.shape[1] % group_size:
-            skipped[wname] = (f"in_features {w.shape[1]} is not a multiple of group_size {group_size}; "
-                              "kept in fp32")
-            log(f"quantize: skipped {wname}: {skipped[wname]}")
-            continue
-        if method == "int8":
-            q, scale = quantize_int8(w)
-            quantized[wname] = {qformat.QDATA: q, qformat.SCALE: scale}
-        elif method == "int4-rtn":
-            q, scale = quantize_int4(w, group_size)
-            quantized[wname] = {qformat.QDATA: qformat.pack_int4(q), qformat.SCALE: scale}
-        else:
-            st = stats.get(name) if stats else None
-            if st is None or st.n_rows == 0:
-                q, scale = quantize_int4(w, group_size)
-                s = torch.ones(w.shape[1])
-                info["awq"]["layers"][wname] = {"alpha": 0.0, "note": "no calibration input reached it: plain RTN"}
-                log(f"quantize: {wname}: no calibration input reached it; plain RTN (awq_scale = 1)")
+    t0 = time.time()
+    with progress_bar(f"quantize {method}", len(linears), "layers") as advance:
+        for k, (name, lin) in enumerate(linears, start=1):
+            wname = f"{name}.weight"
+            w = lin.weight.detach().to("cpu", torch.float32)  # quantization runs on the CPU, in fp32
+            if int4 and w.shape[1] % group_size:
+                skipped[wname] = (f"in_features {w.shape[1]} is not a multiple of group_size {group_size}; "
+                                  "kept in fp32")
+                log(f"quantize: skipped {wname}: {skipped[wname]}")
+            elif stats is not None:
+                quantized[wname] = _quantize_awq(name, wname, w, group_size, stats, [n for n, _ in linears[k:]],
+                                                 info["awq"]["layers"], log)
             else:
-                r = awq_search(w, st.abs_mean, st.gram(), group_size, clip=not name.endswith(_NO_CLIP))
-                q, scale, s = r.q, r.scale, r.awq_scale
-                ref = r.reference or 1.0
-                info["awq"]["layers"][wname] = {"alpha": r.alpha, "clipped": r.clipped,
-                                                "rel_error": r.error / ref, "rtn_rel_error": r.rtn_error / ref}
-                if all(n2 == name or stats.get(n2) is not st for n2, _ in linears[k:]):
-                    st.drop_gram()  # the last Linear fed this input: free its Gram matrix
-            quantized[wname] = {qformat.QDATA: qformat.pack_int4(q), qformat.SCALE: scale,
-                                qformat.AWQ_SCALE: s.to(torch.float32)}
-        if time.time() - last_log > 10:
-            log(f"quantize: {k}/{len(linears)} layers ({time.time() - t0:.0f}s)")
-            last_log = time.time()
-
-    tensors, tied = _tensors_to_write(model, quantized)
-    info["quantized"] = sorted(quantized)
-    info["skipped"] = skipped
-    info["tied"] = tied
-    info["kept_fp32"] = ("embeddings, the output layer (lm_head), norms, biases and skipped layers"
-                         + ("; lm_head is tied to the input embedding and stored once" if tied else ""))
-    if method == "int4-awq":
-        layers = info["awq"]["layers"].values()
-        errs = [(v["rel_error"], v["rtn_rel_error"]) for v in layers if "rel_error" in v]
-        if errs:
-            info["awq"]["mean_rel_error"] = sum(e for e, _ in errs) / len(errs)
-            info["awq"]["mean_rtn_rel_error"] = sum(e for _, e in errs) / len(errs)
+                quantized[wname] = _quantize_linear(w, method, group_size)
+            advance(1)
     if not quantized:
         raise UserError(f"no Linear layer could be quantized with {method}, group_size {group_size}: "
                         + "; ".join(f"{n}: {r}" for n, r in list(skipped.items())[:2]))
+    tensors = _summarise(info, model, quantized, skipped)
     log(f"quantize: {method}: {len(quantized)} Linear weights quantized, {len(skipped)} skipped "
         f"({time.time() - t0:.1f}s)")
     return tensors, info

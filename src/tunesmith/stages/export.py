@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pydantic import Field, field_validator
@@ -35,7 +35,7 @@ from ..export.soup import greedy_soup, interpolate, uniform_soup
 from ..io import atomic_dir, atomic_open, write_json, write_text
 from ..models import load_model, load_tokenizer, local_model_dir
 from ..report.model_card import export_lines, file_sha256
-from .evaluate import SuiteOptions, eval_context, held_out_context, is_run_dir, run_held_out, suite_names
+from .evaluate import SuiteOptions, held_out_context, is_run_dir, run_held_out, suite_names
 from .outputs import out_dir
 
 GGUF_STEPS = {f"gguf-{q}": q for q in GGUF_TYPES}
