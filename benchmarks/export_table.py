@@ -11,15 +11,13 @@ fp32 and, with --record, appends it to BENCHMARKS.md with the date, machine and 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from record import append_section
+
 STEPS = "int8,int4-rtn,int4-awq,gguf-f16,gguf-q8_0,gguf-q4_0"
 
 
@@ -58,11 +56,9 @@ def main() -> None:
     text = table(report, args.suites.split(","))
     print(text)
     if args.record:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch CPU fp32"
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(f"\n## Exports of {args.run}: accuracy vs size ({dt.date.today()}, {machine})\n\n"
-                    f"`python benchmarks/export_table.py {args.run} --suites {args.suites} --record` "
-                    f"(`tunesmith {' '.join(argv)}`, {time.perf_counter() - t0:.0f} s)\n\n{text}\n")
+        append_section(f"Exports of {args.run}: accuracy vs size",
+                       f"`python benchmarks/export_table.py {args.run} --suites {args.suites} --record` "
+                       f"(`tunesmith {' '.join(argv)}`, {time.perf_counter() - t0:.0f} s)", text)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ held-out tasks and loss, prints the table and, with --record, appends it to BENC
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from record import append_section
+
 
 
 def main() -> None:
@@ -60,11 +58,9 @@ def main() -> None:
                                f"(order by own tasks score: {greedy['order']}).")
     print(text)
     if args.record:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch CPU fp32"
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(f"\n## Model soups of {len(runs)} quickstart runs (seeds {args.seeds}) ({dt.date.today()}, {machine})\n\n"
-                    f"`python benchmarks/soup_bench.py --seeds {' '.join(map(str, args.seeds))} --record` "
-                    f"({time.perf_counter() - t0:.0f} s)\n\n{text}\n")
+        append_section(f"Model soups of {len(runs)} quickstart runs (seeds {args.seeds})",
+                       f"`python benchmarks/soup_bench.py --seeds {' '.join(map(str, args.seeds))} --record` "
+                       f"({time.perf_counter() - t0:.0f} s)", text)
 
 
 if __name__ == "__main__":
