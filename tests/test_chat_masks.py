@@ -2,7 +2,8 @@
 
 import pytest
 
-from tunesmith.data.chat import IGNORE, TemplateMismatch, tokenize_conversation, tokenize_examples
+from tunesmith.data.chat import IGNORE, TemplateMismatch, tokenize_conversation
+from tunesmith.data.samples import tokenize_examples
 from tunesmith.data.example import Example
 from tunesmith.errors import DataError
 

@@ -80,7 +80,7 @@ def test_skip_rejects_each_bad_row_with_its_line_and_kind(mixed: Path, tmp_path:
     assert reasons[10].startswith("unknown_role: turn 1 has from 'narrator'; expected one of ")
     assert reasons[12].startswith("unknown_format: row has keys ['text']; expected alpaca")
 
-    assert result.examples[3].meta == {"format": "messages", "fields": {"id": 8}}
+    assert result.examples[3].meta == {"format": "messages", "id": 8, "fields": {"id": 8}}
 
     written = [json.loads(line) for line in rejects_file.read_text().splitlines()]
     assert [(w["line"], reason_kind(w["reason"])) for w in written] == EXPECTED_REJECTS
@@ -113,6 +113,9 @@ def test_summarize_counts_kinds_including_later_stage_ones(mixed: Path):
             "unknown_role": 1,
         },
         "formats": {"alpaca": 1, "messages": 2, "sharegpt": 1},
+        "files": [{"path": str(mixed), "kind": "jsonl", "rows": 12, "kept": 4, "rejected": 8,
+                   "formats": {"alpaca": 1, "messages": 2, "sharegpt": 1}, "columns": {}}],
+        "skipped": [],
     }
 
 
@@ -181,7 +184,8 @@ def test_detect_format():
     assert detect_format({"conversations": msgs(("user", "q"))}) == "messages"
     assert detect_format({"messages": "oops"}) == "messages"
     assert detect_format({"messages": "", "conversations": None, "instruction": "q", "output": "a"}) == "alpaca"
-    assert detect_format({"prompt": "q", "completion": "a"}) is None
+    assert detect_format({"prompt": "q", "completion": "a"}) == "prompt_completion"
+    assert detect_format({"question": "q", "answer": "a"}) is None
 
 
 def test_alpaca_with_input_and_system():
@@ -226,11 +230,15 @@ def test_sharegpt_multi_turn_with_system():
          "the conversation has no assistant turn to learn from"),
         ({"messages": []}, "messages", "empty_conversation", "the conversation has no turns"),
         ({"messages": msgs(("user", " "), ("assistant", "a"))}, "messages", "empty_content", "turn 1 (user) is empty"),
-        ({"messages": msgs(("tool", "x"))}, "messages", "unknown_role",
-         "turn 1 has role 'tool'; expected one of assistant, system, user"),
+        ({"messages": msgs(("narrator", "x"))}, "messages", "unknown_role",
+         "turn 1 has role 'narrator'; expected one of assistant, developer, function, system, tool, user"),
+        ({"messages": msgs(("user", "q"), ("tool", "x"))}, "messages", "role_order",
+         "turn 2 is a tool result, but turn 1 makes no tool call"),
         ({"messages": [{"role": "user"}]}, "messages", "missing_field", "turn 1 has no 'content'"),
         ({"messages": [{"role": "user", "content": [1]}]}, "messages", "wrong_type",
-         "turn 1: 'content' must be a string, got a list"),
+         "turn 1: content part 1 must be an object, got a number"),
+        ({"messages": [{"role": "user", "content": 7}]}, "messages", "wrong_type",
+         "turn 1: content must be a string or a list of text parts, got a number"),
         ({"messages": "hi"}, "messages", "wrong_type", "field 'messages' must be a list of turns, got a string"),
         ({"conversations": ["hi"]}, "sharegpt", "wrong_type", "turn 1 must be an object, got a string"),
         ({"text": "x"}, "sharegpt", "missing_field", "field 'conversations' is missing"),

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from tunesmith.cli import main
-from tunesmith.data.chat import tokenize_examples
+from tunesmith.data.samples import tokenize_examples
 from tunesmith.data.tasks import generate_examples
 from tunesmith.evaluate.generate import generate
 from tunesmith.export.merge import merged_model, save_adapter, save_merged

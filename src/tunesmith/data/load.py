@@ -16,15 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.columns import apply_columns
 from tunesmith.data.example import Example, Reject
-from tunesmith.data.formats import (
-    EXPECTED,
-    FORMATS,
-    RowProblem,
-    detect_format,
-    extra_fields,
-    to_messages,
-)
+from tunesmith.data.formats import EXPECTED, FORMATS, RowProblem, detect_format, extra_fields, parse_row
 from tunesmith.data.readers import iter_records, resolve_paths
 from tunesmith.errors import DataError, UsageError
 from tunesmith.io import write_jsonl
@@ -33,20 +27,34 @@ from tunesmith.ui import progress_bar
 ON_ERROR = ("fail", "skip")
 MAX_LISTED = 20  # rejects listed in a DataError message; the rest are counted
 PROGRESS_EVERY = 1000  # rows between progress-bar refreshes
+DEFAULT_MAX_ROW_BYTES = 16 * 2**20
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass
+class Source:
+    """One entry of data.train: a file, folder or glob, read as `format` with `columns` renamed."""
+
+    path: str
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class LoadResult:
     """What loading produced. Invariant: len(examples) + len(rejects) == total.
 
-    format_counts counts the kept examples by format (it sums to len(examples)).
+    format_counts counts the kept examples by format (it sums to len(examples)); files has one
+    entry per file read (path, kind, rows, kept, rejected, formats) and skipped the files of a
+    folder that were not read, with the reason.
     """
 
     examples: list[Example]
     rejects: list[Reject]
     total: int
     format_counts: dict[str, int] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def load_examples(
@@ -55,65 +63,128 @@ def load_examples(
     on_error: str = "fail",
     rejects_path: Path | None = None,
     show_progress: bool = False,
+    columns: dict[str, str] | None = None,
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
 ) -> LoadResult:
     """Read every row under `spec` (file, folder, glob or a list of them) into Examples.
 
-    fmt:          "auto" detects the format per row; "alpaca", "sharegpt" or "messages" forces one.
+    fmt:          "auto" detects the format per row; a name from FORMATS forces one.
     on_error:     "fail" raises DataError listing the rejected rows; "skip" keeps the good rows.
     rejects_path: where to write the rejects as JSONL. Written whenever given, even when there
                   are none (so a stale file from an earlier run never misleads) and also before
                   a DataError, so the full list is there when the message shows only the first.
+    columns:      {field tunesmith reads: column in the file}, e.g. {"prompt": "question"}.
     """
-    if fmt != "auto" and fmt not in FORMATS:
-        raise UsageError(f"unknown data format {fmt!r}; expected auto, {', '.join(FORMATS)}")
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    sources = [Source(str(s), fmt, dict(columns or {})) for s in specs]
+    return load_sources(sources, on_error, rejects_path, show_progress, max_row_bytes)
+
+
+def load_sources(sources: Sequence[Source], on_error: str = "fail", rejects_path: Path | None = None,
+                 show_progress: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> LoadResult:
+    """Read several sources, each with its own format and column mapping (see load_examples)."""
     if on_error not in ON_ERROR:
         raise UsageError(f"unknown on_error {on_error!r}; expected one of {', '.join(ON_ERROR)}")
-    paths = resolve_paths(spec)
-
-    examples: list[Example] = []
-    rejects: list[Reject] = []
+    for src in sources:
+        if src.format != "auto" and src.format not in FORMATS:
+            raise UsageError(f"unknown data format {src.format!r}; expected auto, {', '.join(FORMATS)}")
+    if not sources:
+        resolve_paths([])  # the usual "no data path given" message
+    result = LoadResult([], [], 0)
     formats: Counter[str] = Counter()
-    total = 0
     with progress_bar("reading data", None, "rows", show=show_progress) as advance:
-        for path in paths:
-            source = str(path)
-            for rec in iter_records(path):
-                total += 1
-                if total % PROGRESS_EVERY == 0:
-                    advance(PROGRESS_EVERY, extra=source)
-                if rec.error is not None:
-                    rejects.append(Reject(source, rec.line, rec.error, rec.text))
-                    continue
-                item = convert_row(rec.row, fmt, source, rec.line)
-                if isinstance(item, Reject):
-                    rejects.append(item)
-                else:
-                    examples.append(item)
-                    formats[item.meta["format"]] += 1
-        advance(total % PROGRESS_EVERY)
-
-    result = LoadResult(examples, rejects, total, dict(sorted(formats.items())))
+        for src in sources:
+            files, skipped = _files(src.path)
+            result.skipped += skipped
+            for path, kind in files:
+                counts = _read_file(path, kind, src, max_row_bytes, result, formats, advance)
+                result.files.append(counts)
+        advance(result.total % PROGRESS_EVERY)
+    result.format_counts = dict(sorted(formats.items()))
     if rejects_path is not None:
-        write_rejects(rejects, rejects_path)
-    if rejects and on_error == "fail":
+        write_rejects(result.rejects, rejects_path)
+    if result.rejects and on_error == "fail":
         raise DataError(_fail_message(result, rejects_path))
     return result
 
 
-def convert_row(row: dict[str, Any], fmt: str, source: str, line: int) -> Example | Reject:
-    """One parsed row to an Example (meta: its format, plus unused fields) or a Reject."""
+def _files(spec: str) -> tuple[list[tuple[Path, str]], list[dict[str, str]]]:
+    """(path, kind) of every file a spec names, and the files of its folders that were skipped."""
+    from tunesmith.data import readers
+
+    if hasattr(readers, "scan"):
+        found, skipped = readers.scan(spec)
+        return ([(f.path, f.kind) for f in found], [{"path": str(p), "reason": why} for p, why in skipped])
+    return [(p, p.suffix.lstrip(".").lower()) for p in resolve_paths(spec)], []
+
+
+def _read_file(path: Path, kind: str, src: Source, max_row_bytes: int, result: LoadResult,
+               formats: Counter, advance) -> dict[str, Any]:
+    source = str(path)
+    rows = kept = 0
+    file_formats: Counter[str] = Counter()
+    for rec in _records(path, max_row_bytes):
+        rows += 1
+        result.total += 1
+        if result.total % PROGRESS_EVERY == 0:
+            advance(PROGRESS_EVERY, extra=source)
+        index, offset = getattr(rec, "index", None), getattr(rec, "offset", None)
+        index = None if callable(index) else index  # a plain tuple's index() method is not a record number
+        if rec.error is not None:
+            result.rejects.append(Reject(source, rec.line, rec.error, rec.text, offset, index))
+            continue
+        item = convert_row(rec.row, src.format, source, rec.line, src.columns, index)
+        if isinstance(item, Reject):
+            item.offset = offset
+            result.rejects.append(item)
+        else:
+            result.examples.append(item)
+            kept += 1
+            formats[item.meta["format"]] += 1
+            file_formats[item.meta["format"]] += 1
+    return {"path": source, "kind": kind, "rows": rows, "kept": kept, "rejected": rows - kept,
+            "formats": dict(sorted(file_formats.items())), "columns": dict(src.columns)}
+
+
+def _records(path: Path, max_row_bytes: int):
+    try:
+        return iter_records(path, max_row_bytes=max_row_bytes)
+    except TypeError:  # a reader without the row limit
+        return iter_records(path)
+
+
+def convert_row(row: dict[str, Any], fmt: str, source: str, line: int, columns: dict[str, str] | None = None,
+                index: int | None = None) -> Example | Reject:
+    """One parsed row to an Example or a Reject.
+
+    meta: its format, its own "id", "origin" (when the row was written by an earlier tunesmith
+    step), "index" (JSON arrays) and "fields" (every column the format does not read)."""
+    if columns:
+        try:
+            row = apply_columns(row, columns)
+        except RowProblem as problem:
+            return Reject(source, line, str(problem), row, index=index)
+    origin = row.get("origin") if isinstance(row.get("origin"), str) else None
+    if origin is not None:
+        row = {k: v for k, v in row.items() if k != "origin"}
     row_fmt = detect_format(row) if fmt == "auto" else fmt
     if row_fmt is None:
-        return Reject(source, line, _unknown_format(row), row)
+        return Reject(source, line, _unknown_format(row), row, index=index)
     try:
-        messages = to_messages(row, row_fmt)
+        parsed = parse_row(row, row_fmt)
     except RowProblem as problem:
-        return Reject(source, line, str(problem), row)
+        return Reject(source, line, str(problem), row, index=index)
     meta: dict[str, Any] = {"format": row_fmt}
+    if row.get("id") not in (None, ""):
+        meta["id"] = row["id"]
+    if origin:
+        meta["origin"] = origin
+    if index is not None:
+        meta["index"] = index
     extras = extra_fields(row, row_fmt)
     if extras:
         meta["fields"] = extras
-    return Example(messages, source, line, meta)
+    return Example(parsed.messages, source, line, meta, parsed.tools, parsed.rejected)
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | os.PathLike) -> Path:
@@ -142,6 +213,8 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "rejected": len(result.rejects),
         "by_reason": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
         "formats": dict(result.format_counts),
+        "files": list(result.files),
+        "skipped": list(result.skipped),
     }
 
 

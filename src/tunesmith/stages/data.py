@@ -18,12 +18,14 @@ from pydantic import Field, field_validator
 
 from .. import ui
 from ..config import Section
-from ..data.chat import TokenizedExample, tokenize_examples
+from ..data.chat import TokenizedExample
+from ..data.samples import tokenize_examples
 from ..data.example import Example, Reject
-from ..data.load import load_examples, reason_kind, write_rejects
+from ..data.columns import parse_columns
+from ..data.load import DEFAULT_MAX_ROW_BYTES, Source, load_examples, load_sources, reason_kind, write_rejects
 from ..data.tasks import HELD_OUT_TASKS, TaskItem, generate_train_eval
 from ..errors import DataError
-from ..io import sha256_files
+from ..io import sha256_files, write_jsonl
 
 
 class TaskData(Section):
@@ -35,23 +37,71 @@ class TaskData(Section):
     types: list[str] | None = Field(None, description="task types (default: all)")
 
 
+FORMAT_CHOICE = Literal["auto", "alpaca", "dolly", "prompt_completion", "sharegpt", "messages", "preference"]
+
+
+class DataSource(Section):
+    """One data.train entry with settings of its own: `{path: qa.csv, columns: {prompt: question}}`."""
+
+    path: str = Field(..., description="file, folder or glob")
+    format: FORMAT_CHOICE = Field("auto", description="row format (auto: per row)")
+    columns: dict[str, str] | None = Field(None, description="field=column renames for this source (default: "
+                                                              "data.columns)")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return parse_columns(value) if value is not None else None
+
+
 class DataConfig(Section):
     """Training data: files and/or generated tasks, and what to do with unusable rows."""
 
-    train: list[str] = Field([], description="files, folders or globs (.jsonl .json .parquet .csv)")
+    train: list[str | DataSource] = Field([], description="files, folders or globs (.jsonl .json .parquet .csv, "
+                                                          ".gz, datasets save_to_disk folders); an entry may be "
+                                                          "{path, format, columns}")
     eval: list[str] = Field([], description="held-out conversations for the loss suite (default: generated "
                                             "eval tasks)")
-    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field("auto", description="row format "
-                                                                                          "(auto: per row)")
+    format: FORMAT_CHOICE = Field("auto", description="row format (auto: per row)")
+    columns: dict[str, str] = Field({}, description="rename columns to the fields tunesmith reads: "
+                                                    "prompt=question,response=answer")
+    train_on: Literal["assistant", "all", "last_assistant"] = Field(
+        "assistant", description="turns trained on (a turn's own weight: 0|1 overrides)")
+    default_system: str = Field("model", description="system prompt for rows without one: model (the chat "
+                                                     "template's own default), none, or a text")
     tasks: TaskData | None = Field(None, description="generated tasks (and the held-out task suite)")
     on_error: Literal["fail", "skip"] = Field("fail", description="unusable rows: stop and list them, or skip")
-    overlong: Literal["truncate", "drop", "fail"] = Field("truncate", description="samples over max_seq_len")
+    overlong: Literal["truncate", "drop", "fail"] = Field("truncate", description="samples over max_seq_len: "
+                                                          "truncate drops earlier turns first, then cuts the end")
     max_seq_len: int = Field(1024, ge=8, description="tokens per sample")
+    max_row_bytes: int = Field(DEFAULT_MAX_ROW_BYTES, ge=0, description="rows larger than this are rejected "
+                                                                        "unread (0: no limit)")
 
     @field_validator("train", "eval", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        return [value] if isinstance(value, (str, dict)) else value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return parse_columns(value)
+
+    def sources(self) -> list[Source]:
+        """data.train as sources, each with its format and column mapping."""
+        out = []
+        for item in self.train:
+            if isinstance(item, str):
+                out.append(Source(item, self.format, dict(self.columns)))
+            else:
+                columns = self.columns if item.columns is None else item.columns
+                fmt = item.format if item.format != "auto" else self.format
+                out.append(Source(item.path, fmt, dict(columns)))
+        return out
+
+    def train_paths(self) -> list[str]:
+        """The paths of data.train (for checks that an output is not inside an input)."""
+        return [s.path for s in self.sources()]
 
 
 @dataclass
@@ -63,6 +113,8 @@ class Loaded:
     total: int
     formats: dict[str, int]
     eval_items: list[TaskItem]
+    files: list[dict[str, Any]] = field(default_factory=list)  # per file: path, kind, rows, kept, rejected
+    skipped: list[dict[str, str]] = field(default_factory=list)  # files in data folders that were not read
 
 
 @dataclass
@@ -80,9 +132,12 @@ def load(cfg: DataConfig, rejects_path: Path | None) -> Loaded:
     examples: list[Example] = []
     rejects: list[Reject] = []
     total, formats = 0, {}
+    files: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     if cfg.train:
-        loaded = load_examples(cfg.train, cfg.format, cfg.on_error, rejects_path)
+        loaded = load_sources(cfg.sources(), cfg.on_error, rejects_path, max_row_bytes=cfg.max_row_bytes)
         examples, rejects, total, formats = loaded.examples, loaded.rejects, loaded.total, dict(loaded.format_counts)
+        files, skipped = loaded.files, loaded.skipped
     eval_items: list[TaskItem] = []
     if cfg.tasks is not None:
         train_items, eval_items = generate_train_eval(cfg.tasks.n_train, cfg.tasks.n_eval, cfg.tasks.seed,
@@ -94,7 +149,9 @@ def load(cfg: DataConfig, rejects_path: Path | None) -> Loaded:
             examples.append(ex)
         total += len(train_items)
         formats["generated"] = len(train_items)
-    return Loaded(examples, rejects, total, formats, eval_items)
+        files.append({"path": source, "kind": "generated", "rows": len(train_items), "kept": len(train_items),
+                      "rejected": 0, "formats": {"generated": len(train_items)}, "columns": {}})
+    return Loaded(examples, rejects, total, formats, eval_items, files, skipped)
 
 
 def held_out(cfg: DataConfig) -> tuple[int, int]:
@@ -110,7 +167,8 @@ def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example]
     """
     with ui.progress_bar("tokenize train", len(examples), "samples") as advance:
         samples, tok_rejects, stats = tokenize_examples(tokenizer, examples, cfg.max_seq_len, cfg.overlong,
-                                                        progress=advance)
+                                                        progress=advance, train_on=cfg.train_on,
+                                                        default_system=cfg.default_system)
     rejects = loaded.rejects + tok_rejects
     if rejects_path is not None:
         write_rejects(rejects, rejects_path)
@@ -122,17 +180,52 @@ def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example]
                         f"All rejected rows are in {rejects_path}. Hint: raise data.max_seq_len, fix the rows, "
                         "or set data.on_error: skip")
     if not samples:
-        raise DataError("no usable training sample is left after validation; see the rejects file")
+        raise DataError(_nothing_left(loaded, rejects, rejects_path))
     loss_samples = _loss_samples(cfg, tokenizer, loaded.eval_items)
     report = {"total": loaded.total, "kept": len(samples), "rejected": len(rejects),
               "sources": source_funnel(loaded, rejects, samples),
               "by_reason": dict(Counter(reason_kind(r.reason) for r in rejects)), "formats": loaded.formats,
               "tokens": stats.to_json(), "eval_items": len(loaded.eval_items), "loss_samples": len(loss_samples),
-              "rejects_file": str(rejects_path) if rejects_path else None}
+              "rejects_file": str(rejects_path) if rejects_path else None,
+              "files": loaded.files, "skipped_files": loaded.skipped}
+    if rejects_path is not None:
+        report["trained_file"] = str(write_trained(samples, rejects_path.parent / "trained.jsonl"))
     # Nothing may go missing silently: every input record is kept, rejected, or removed by
     # curation/selection (and those removals are listed in RUN/curation and RUN/selection).
     assert report["kept"] + report["rejected"] + removed == loaded.total, report
     return DataBundle(samples, loaded.eval_items, loss_samples, report)
+
+
+def write_trained(samples: list[TokenizedExample], path: Path) -> Path:
+    """One line per trained sample: where it came from (origin file:line, id), its tokens and
+    whether it was truncated, so any trained row can be traced back to the user's file."""
+    def row(s: TokenizedExample) -> dict[str, Any]:
+        out = {"origin": s.origin, "source": s.source, "line": s.line, "tokens": len(s.input_ids),
+               "trained_tokens": s.n_trainable}
+        for key in ("id", "task"):
+            if s.meta.get(key) is not None:
+                out[key] = s.meta[key]
+        if s.truncated:
+            out["truncation"] = s.meta.get("truncation", True)
+        return out
+    write_jsonl(path, (row(s) for s in samples))
+    return path
+
+
+def _nothing_left(loaded: Loaded, rejects: list[Reject], rejects_path: Path | None) -> str:
+    """Why no training sample is left, pointing only at files that exist and say something."""
+    if loaded.total == 0:
+        read = ", ".join(f["path"] for f in loaded.files) or "no files"
+        return f"the training data has no rows (read: {read}); check data.train"
+    if not rejects:
+        return (f"all {loaded.total} rows were removed by curation or selection; see RUN/curation and "
+                "RUN/selection for why")
+    kinds = Counter(reason_kind(r.reason) for r in rejects)
+    shown = ", ".join(f"{k}: {n}" for k, n in kinds.most_common())
+    where = f"; every rejected row is listed in {rejects_path}" if rejects_path is not None else ""
+    first = rejects[0]
+    return (f"no usable training sample is left: {len(rejects)} of {loaded.total} rows rejected ({shown}); "
+            f"first: {first.where()}: {first.reason}{where}")
 
 
 def source_funnel(loaded: Loaded, rejects: list[Reject], samples: list[TokenizedExample]) -> dict[str, Any]:
@@ -159,15 +252,32 @@ def source_funnel(loaded: Loaded, rejects: list[Reject], samples: list[Tokenized
 def _loss_samples(cfg: DataConfig, tokenizer, eval_items: list[TaskItem]) -> list[TokenizedExample]:
     """Held-out conversations for the loss suite: data.eval files, else the held-out task items."""
     if cfg.eval:
-        held = load_examples(cfg.eval, cfg.format, "skip").examples
+        held = load_examples(cfg.eval, cfg.format, "skip", columns=cfg.columns).examples
     else:
         held = [it.to_example("tasks:eval") for it in eval_items]
-    return tokenize_examples(tokenizer, held, cfg.max_seq_len, "truncate")[0] if held else []
+    if not held:
+        return []
+    return tokenize_examples(tokenizer, held, cfg.max_seq_len, "truncate", train_on=cfg.train_on,
+                             default_system=cfg.default_system)[0]
 
 
 def print_data_report(report: dict[str, Any]) -> None:
-    """The data report as a table: records in, kept, rejected by reason, removals, tokens."""
+    """The data report: each file with its detected format and counts, then the funnel (records
+    in, kept, rejected by reason, removals), tokens, and every policy that changed a conversation."""
     from rich.table import Table
+
+    files = Table(title="data files")
+    for col in ("file", "read as", "format", "rows", "kept", "rejected"):
+        files.add_column(col, justify="right" if col in ("rows", "kept", "rejected") else "left")
+    for f in report.get("files", []):
+        fmt = ", ".join(f"{k} {v}" if len(f["formats"]) > 1 else k for k, v in f["formats"].items()) or "-"
+        if f.get("columns"):
+            fmt += " (columns " + ", ".join(f"{k}={v}" for k, v in f["columns"].items()) + ")"
+        files.add_row(f["path"], f["kind"], fmt, str(f["rows"]), str(f["kept"]), str(f["rejected"]))
+    if report.get("files"):
+        ui.console.print(files)
+    for skipped in report.get("skipped_files", []):
+        ui.log(f"not read: {skipped['path']} ({skipped['reason']})")
 
     table = Table(title="data report")
     table.add_column("what")
@@ -188,9 +298,33 @@ def print_data_report(report: dict[str, Any]) -> None:
         table.add_row(f"  {kind}", str(n))
     tok = report["tokens"]
     table.add_row("tokens (kept)", str(tok["total_tokens"]))
-    table.add_row("trained-on tokens", f"{tok['trainable_tokens']} ({100 * tok['trainable_share']:.1f}%)")
-    table.add_row("truncated", str(tok["truncated"]))
+    table.add_row(f"trained-on tokens (train_on: {tok.get('train_on', 'assistant')})",
+                  f"{tok['trainable_tokens']} ({100 * tok['trainable_share']:.1f}%)")
+    if tok.get("weight0_turns"):
+        table.add_row("turns with weight 0 (not trained)", str(tok["weight0_turns"]))
+    if tok.get("tool_rows"):
+        table.add_row("rows with tool calls (rendered by the template)", str(tok["tool_rows"]))
+    table.add_row("truncated (earlier turns dropped first)", str(tok["truncated"]))
+    if tok.get("truncated"):
+        table.add_row("  turns dropped / rows cut at the end", f"{tok['turns_dropped']} / {tok['cut_end']}")
     table.add_row("template checks passed", str(tok["template_checked"]))
     ui.console.print(table)
+    system = tok.get("system") or {}
+    if system:
+        ui.log(_system_line(system, tok.get("system_given", 0)))
     if report["rejected"] and report.get("rejects_file"):
         ui.log(f"rejected rows with file:line and reason: {report['rejects_file']}")
+
+
+def _system_line(system: dict[str, Any], given: int) -> str:
+    default = system.get("template_default")
+    if system["choice"] == "model":
+        if default is None:
+            return "system prompt: rows without one get none (the chat template adds no default)"
+        return (f"system prompt (data.default_system: model): {given} rows without one get the template's default "
+                f"{default.strip()!r}, {system['token_cost']} tokens each; set data.default_system to none or a text "
+                "to change it")
+    if system["choice"] == "none":
+        return f"system prompt (data.default_system: none): {given} rows without one get no system text"
+    return (f"system prompt (data.default_system): {given} rows without one get {system['choice']!r}, "
+            f"{system['token_cost']} tokens each")
