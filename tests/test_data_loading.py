@@ -12,7 +12,7 @@ import pytest
 from tunesmith.data.example import Reject
 from tunesmith.data.formats import RowProblem, detect_format, to_messages
 from tunesmith.data.load import LoadResult, load_examples, reason_kind, summarize, write_rejects
-from tunesmith.data.readers import iter_raw_rows, resolve_paths
+from tunesmith.data.readers import iter_records, iter_raw_rows, resolve_paths
 from tunesmith.errors import DataError, UsageError, UserError
 
 
@@ -261,14 +261,17 @@ def test_json_array_and_wrapped_object(tmp_path: Path):
     array = tmp_path / "a.json"
     array.write_text(json.dumps([GOOD_ALPACA, "oops", GOOD_MESSAGES], indent=2))
     rows = list(iter_raw_rows(array))
+    # line: the physical line where each element starts; the record number travels separately
     assert [(line, err) for line, _, err in rows] == [
-        (1, None),
-        (2, "not_object: record 2 is a string, expected an object"),
-        (3, None),
+        (2, None),
+        (6, "not_object: record 2 is a string, expected an object"),
+        (7, None),
     ]
+    assert [rec.index for rec in iter_records(array)] == [1, 2, 3]
     wrapped = tmp_path / "w.json"
     wrapped.write_text(json.dumps({"version": 1, "data": [GOOD_ALPACA, GOOD_ALPACA]}))
-    assert [(line, row) for line, row, _ in iter_raw_rows(wrapped)] == [(1, GOOD_ALPACA), (2, GOOD_ALPACA)]
+    assert [(line, row) for line, row, _ in iter_raw_rows(wrapped)] == [(1, GOOD_ALPACA), (1, GOOD_ALPACA)]
+    assert [rec.index for rec in iter_records(wrapped)] == [1, 2]
 
 
 def test_json_whole_file_error_points_at_the_failing_line(tmp_path: Path):
@@ -393,4 +396,4 @@ def test_load_result_invariant_across_files(tmp_path: Path, mixed: Path):
     assert isinstance(result, LoadResult)
     assert result.total == 14
     assert (len(result.examples), len(result.rejects)) == (5, 9)
-    assert result.rejects[-1].where() == f"{tmp_path / 'more.json'}:2"
+    assert result.rejects[-1].where() == f"{tmp_path / 'more.json'}:record 2 (line 1)"
