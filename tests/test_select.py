@@ -274,11 +274,12 @@ def test_select_cli_writes_selection_and_scores(tmp_path):
     assert len(selected) == 13 and len(scores) == 52 and sum(r["selected"] for r in scores) == 13
     assert report["coverage"] == {t: 1 for t in report["coverage"]} and len(report["coverage"]) == 13
     rc = main(["data", "select", str(data), "--method", "zipfit", "--budget", "5", "--out", str(out), "--target-tasks", "2",
-               "--cache", str(tmp_path / "cache")])
+               "--cache", str(tmp_path / "cache"), "--overwrite"])
     assert rc == 0
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert all(isinstance(r["zipfit"], float) for r in scores)
-    assert main(["data", "select", str(data), "--method", "rds", "--budget", "5", "--out", str(out)]) == 2  # no targets
+    assert main(["data", "select", str(data), "--method", "rds", "--budget", "5", "--out", str(out),
+                 "--overwrite"]) == 2  # no targets
     assert main(["data", "select", str(tmp_path / "missing.jsonl"), "--method", "random", "--budget", "5",
                  "--out", str(out)]) != 0
 

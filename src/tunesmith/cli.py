@@ -44,6 +44,8 @@ class Verb:
 
 RESUME = ("resume", "continue from the latest complete checkpoint")
 OVERWRITE = ("overwrite", "start again in an output.dir that holds an earlier run")
+OUT_OVERWRITE = ("overwrite", "write into a non-empty --out: the files this command writes are replaced, "
+                              "nothing else is touched")
 RECIPE_HELP = "recipe YAML (see recipes/quickstart.yaml)"
 
 VERBS: tuple[Verb, ...] = (
@@ -54,13 +56,16 @@ VERBS: tuple[Verb, ...] = (
     Verb(("data", "check"), "validate, tokenize and mask data; report every bad row with file:line",
          "stages.recipe:Recipe", "stages.run:check_recipe",
          (("recipe", "a recipe YAML, or a data file/folder/glob (sets data.train)"),), True,
-         optional_positional=True),
+         switches=(OUT_OVERWRITE,), optional_positional=True),
     Verb(("data", "dedup"), "remove exact and near-duplicate rows (MinHash LSH); report every cluster",
-         "stages.curate:DedupVerbConfig", "stages.curate:run_dedup", (("data", "file, folder or glob"),)),
+         "stages.curate:DedupVerbConfig", "stages.curate:run_dedup", (("data", "file, folder or glob"),),
+         switches=(OUT_OVERWRITE,)),
     Verb(("data", "decontaminate"), "drop rows whose user turns overlap eval prompts (word n-grams)",
-         "stages.curate:DecontamVerbConfig", "stages.curate:run_decontaminate", (("data", "file, folder or glob"),)),
+         "stages.curate:DecontamVerbConfig", "stages.curate:run_decontaminate", (("data", "file, folder or glob"),),
+         switches=(OUT_OVERWRITE,)),
     Verb(("data", "select"), "choose the examples worth training on (random, stratified, rds, ifd, less, kmeans, zipfit)",
-         "stages.select:SelectVerbConfig", "stages.select:run_select", (("data", "pool: file, folder or glob"),)),
+         "stages.select:SelectVerbConfig", "stages.select:run_select", (("data", "pool: file, folder or glob"),),
+         switches=(OUT_OVERWRITE,)),
     Verb(("eval",), "evaluate a model or a run directory on chosen suites; per-item records in JSON",
          "stages.evaluate:EvalVerbConfig", "stages.evaluate:run_eval",
          (("model.name", "run directory (uses RUN/model), model directory, .gguf, bundled name or hub id "
@@ -68,7 +73,8 @@ VERBS: tuple[Verb, ...] = (
          switches=(("overwrite", "replace existing eval/<label>/<suite>.json files"),), optional_positional=True),
     Verb(("export",), "merged, interpolate (WiSE-FT), int8, int4-rtn, int4-awq, gguf-f32|f16|q8_0|q4_0; "
          "'export soup A B ...' blends models", "stages.export:ExportVerbConfig", "stages.export:run_export",
-         (("sources", "a run directory or model folder (after 'soup': two or more)"),), many=True),
+         (("sources", "a run directory or model folder (after 'soup': two or more)"),),
+         switches=(OUT_OVERWRITE,), many=True),
     Verb(("generate",), "complete prompts with a model", "stages.generate:GenerateConfig", "stages.generate:run_generate"),
     Verb(("chat",), "talk to a model in the terminal", "stages.generate:ChatConfig", "stages.generate:run_chat"),
 )

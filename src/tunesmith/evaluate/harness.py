@@ -2,7 +2,8 @@
 
 Every suite takes the model, its tokenizer and an EvalContext, and returns a dict with at least
 `suite`, `score` (higher is better except for `loss`), `n` and `records`, so any number can be
-audited line by line in eval/<suite>.json.
+audited line by line in eval/<suite>.json. `data` is the user's own held-out conversations, scored
+by generation (evaluate.owndata); `loss` scores the same conversations (or the task items) by loss.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 from .. import ui
 from ..data.chat import TokenizedExample
+from ..data.example import Example
 from ..data.packing import MAX_TOKENS_PER_ROW
 from ..data.tasks import TaskItem
 from ..errors import UsageError
@@ -24,6 +26,9 @@ class EvalContext:
 
     task_items: list[TaskItem] = field(default_factory=list)
     loss_samples: list[TokenizedExample] = field(default_factory=list)
+    data_items: list[Example] = field(default_factory=list)  # the user's held-out conversations (data suite)
+    match: str = "normalized"  # the data suite's matcher (evaluate.owndata)
+    data_max_new_tokens: int = 256  # for the data suite
     max_new_tokens: int = 32  # for short-answer suites (tasks, robustness)
     long_max_new_tokens: int = 512  # for open-ended suites (ifbench, ifeval, humaneval)
     batch_size: int = 32
@@ -65,6 +70,14 @@ def suite_robustness(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]
     items = _limited(ctx.task_items, ctx.limit)
     with _progress(label, "robustness", len(items) * n_phrasings()) as adv:
         return eval_robustness(model, tok, items, ctx.max_new_tokens, ctx.batch_size, progress=adv)
+
+
+def suite_data(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
+    from .owndata import eval_owndata
+
+    items = _limited(ctx.data_items, ctx.limit)
+    with _progress(label, "data", len(items)) as adv:
+        return eval_owndata(model, tok, items, ctx.match, ctx.data_max_new_tokens, ctx.batch_size, progress=adv)
 
 
 def _chat_generate(model, tok, prompts: list[str], ctx: EvalContext, label: str, suite: str, **kw) -> list[str]:
@@ -122,6 +135,7 @@ def suite_humaneval(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "tasks": suite_tasks,
     "loss": suite_loss,
+    "data": suite_data,
     "robustness": suite_robustness,
     "ifbench": suite_ifbench,
     "ifeval": suite_ifeval,

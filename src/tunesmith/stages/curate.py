@@ -20,7 +20,9 @@ from ..data.example import Example
 from ..data.load import load_examples
 from ..data.tasks import HELD_OUT_TASKS
 from ..evalsets.prompts import DEFAULT_SUITES, parse_suites
-from .outputs import out_dir
+from .outputs import prepare_out
+
+POOL_WRITES = ("kept.jsonl", "removed.jsonl", "report.json", "rejects.jsonl")  # what the pool verbs write
 
 
 class DedupOptions(Section):
@@ -46,7 +48,10 @@ class DecontamOptions(Section):
     """Drop rows whose user turns share word n-grams with an eval prompt above a threshold."""
 
     suites: list[str] = Field(list(DEFAULT_SUITES), description="eval suites to compare with: tasks, robustness, "
-                                                                "ifbench, ifeval, humaneval")
+                                                                "ifbench, ifeval, humaneval (none: only eval_files)")
+    eval_files: list[str] = Field([], description="your own eval sets (files, folders or globs of conversations): "
+                                                  "their user turns are compared with too, one suite per file "
+                                                  "(file:NAME)")
     ngram: int = Field(8, ge=1, description="word n-gram size")
     threshold: float = Field(0.8, gt=0, le=1, description="overlap fraction at which a row is dropped")
     max_df: int = Field(1, ge=0, description="n-grams held by more eval prompts of a suite than this are "
@@ -59,14 +64,22 @@ class DecontamOptions(Section):
     @field_validator("suites", mode="before")
     @classmethod
     def _suites(cls, value: Any) -> Any:
-        return list(parse_suites(split_csv(value)))
+        return list(parse_suites(split_csv(value), allow_empty=True))
 
-    def library(self, held_out: tuple[int, int] = (HELD_OUT_TASKS, 0)) -> DecontamConfig:
+    @field_validator("eval_files", mode="before")
+    @classmethod
+    def _eval_files(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def library(self, held_out: tuple[int, int] = (HELD_OUT_TASKS, 0), eval_files: list[str] | tuple[str, ...] = ()
+                ) -> DecontamConfig:
+        """The library config; `eval_files` adds eval sets to this section's own (a recipe's data.eval)."""
         tasks_n = held_out[0] if self.tasks_n is None else self.tasks_n
         seed = held_out[1] if self.seed is None else self.seed
+        files = tuple(dict.fromkeys([*self.eval_files, *eval_files]))
         return DecontamConfig(suites=tuple(self.suites), ngram=self.ngram, threshold=self.threshold,
                               max_df=self.max_df or None, tasks_n=tasks_n, seed=seed,
-                              ifeval_n=self.ifeval_n).validate()
+                              ifeval_n=self.ifeval_n, eval_files=files).validate()
 
 
 class CurateConfig(Section):
@@ -88,9 +101,10 @@ class CurateConfig(Section):
         return self.dedup is not None or self.decontaminate is not None
 
 
-def curate(examples: list[Example], cfg: CurateConfig, run_dir: Path | None, held_out: tuple[int, int]
-           ) -> tuple[list[Example], dict[str, Any]]:
-    """Dedup, then decontaminate; returns the kept examples and {"dedup": ..., "decontaminate": ...}."""
+def curate(examples: list[Example], cfg: CurateConfig, run_dir: Path | None, held_out: tuple[int, int],
+           eval_files: list[str] | tuple[str, ...] = ()) -> tuple[list[Example], dict[str, Any]]:
+    """Dedup, then decontaminate (against the suites, the decontaminate eval_files and the recipe's
+    own held-out files `eval_files`); returns the kept examples and {"dedup": ..., "decontaminate": ...}."""
     report: dict[str, Any] = {}
     if cfg.dedup is not None:
         res = dedup(examples, cfg.dedup.library(), total=len(examples), progress=True)
@@ -100,7 +114,8 @@ def curate(examples: list[Example], cfg: CurateConfig, run_dir: Path | None, hel
         examples = [e for e, k in zip(examples, res.keep) if k]
         ui.log(f"dedup: removed {res.n_exact_removed} exact and {res.n_near_removed} near duplicates")
     if cfg.decontaminate is not None:
-        res = decontaminate(examples, cfg.decontaminate.library(held_out), total=len(examples), progress=True)
+        res = decontaminate(examples, cfg.decontaminate.library(held_out, eval_files=eval_files), total=len(examples),
+                            progress=True)
         report["decontaminate"] = res.summary()
         if run_dir is not None:
             write_curated(examples, res.keep, res.removed_reasons(), run_dir / "curation" / "decontaminate",
@@ -112,7 +127,8 @@ def curate(examples: list[Example], cfg: CurateConfig, run_dir: Path | None, hel
 
 class _PoolVerb(Section):
     data: str = Field(..., description="file, folder or glob (JSONL/JSON/Parquet/CSV; alpaca, sharegpt or messages)")
-    out: str = Field(..., description="directory for kept.jsonl, removed.jsonl and report.json")
+    out: str = Field(..., description="directory for kept.jsonl, removed.jsonl and report.json (new or empty, "
+                                      "else --overwrite; not inside DATA)")
     on_error: Literal["fail", "skip"] = Field("fail", description="unreadable rows: stop or skip")
 
 
@@ -124,17 +140,19 @@ class DecontamVerbConfig(DecontamOptions, _PoolVerb):
     """`tunesmith data decontaminate DATA --out DIR`."""
 
 
-def _read_pool(cfg: _PoolVerb, out: Path) -> tuple[list[Example], int]:
-    """The pool's usable rows and how many were rejected (listed in out/rejects.jsonl under skip)."""
+def _read_pool(cfg: _PoolVerb, overwrite: bool) -> tuple[Path, list[Example], int]:
+    """The checked output folder, the pool's usable rows and how many were rejected (listed in
+    out/rejects.jsonl under skip). The folder is checked before anything is read."""
+    inputs = [cfg.data, *getattr(cfg, "eval_files", ())]  # decontaminate also reads the user's eval sets
+    out = prepare_out(cfg.out, overwrite=overwrite, inputs=inputs, writes=POOL_WRITES, marker="report.json")
     rejects = out / "rejects.jsonl" if cfg.on_error == "skip" else None
     loaded = load_examples(cfg.data, on_error=cfg.on_error, rejects_path=rejects, show_progress=True)
-    return loaded.examples, len(loaded.rejects)
+    return out, loaded.examples, len(loaded.rejects)
 
 
-def run_dedup(cfg: DedupVerbConfig) -> int:
-    """The `data dedup` verb."""
-    out = out_dir(cfg.out)
-    examples, n_rejected = _read_pool(cfg, out)
+def run_dedup(cfg: DedupVerbConfig, overwrite: bool = False) -> int:
+    """The `data dedup` verb (overwrite: replace the outputs of an earlier run in --out)."""
+    out, examples, n_rejected = _read_pool(cfg, overwrite)
     res = dedup(examples, cfg.library(), total=len(examples), progress=True)
     report = {**res.summary(), "data": cfg.data, "rejected_rows": n_rejected,
               "clusters": [c.to_json() for c in res.exact_clusters + res.near_clusters]}
@@ -146,10 +164,9 @@ def run_dedup(cfg: DedupVerbConfig) -> int:
     return 0
 
 
-def run_decontaminate(cfg: DecontamVerbConfig) -> int:
-    """The `data decontaminate` verb."""
-    out = out_dir(cfg.out)
-    examples, n_rejected = _read_pool(cfg, out)
+def run_decontaminate(cfg: DecontamVerbConfig, overwrite: bool = False) -> int:
+    """The `data decontaminate` verb (overwrite: replace the outputs of an earlier run in --out)."""
+    out, examples, n_rejected = _read_pool(cfg, overwrite)
     res = decontaminate(examples, cfg.library(), total=len(examples), progress=True)
     report = {**res.summary(), "data": cfg.data, "rejected_rows": n_rejected, "hits": [h.to_json() for h in res.hits]}
     paths = write_curated(examples, res.keep, res.removed_reasons(), out, report)

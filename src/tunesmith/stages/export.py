@@ -36,7 +36,7 @@ from ..io import atomic_dir, atomic_open, write_json, write_text
 from ..models import load_model, load_tokenizer, local_model_dir
 from ..report.model_card import export_lines, file_sha256
 from .evaluate import SuiteOptions, held_out_context, is_run_dir, run_held_out, suite_names
-from .outputs import out_dir
+from .outputs import prepare_out
 
 GGUF_STEPS = {f"gguf-{q}": q for q in GGUF_TYPES}
 STEPS = ("merged", "interpolate", *QUANT_METHODS, *GGUF_STEPS)
@@ -253,7 +253,7 @@ def evaluator_for(cfg: ExportOptions, tokenizer, run: Path | None) -> Evaluator 
 def calibration_from_run(run: Path, tokenizer, n: int) -> list[list[int]] | None:
     """The first n training sequences of a run (its data section re-read, generated tasks included)."""
     from .data import DataConfig, load
-    from ..data.chat import tokenize_examples
+    from ..data.samples import tokenize_examples
 
     recipe, _ = _run_settings(run)
     if not recipe.get("data"):
@@ -288,17 +288,32 @@ def _soup(cfg: ExportVerbConfig, out: Path) -> int:
     return 0
 
 
-def run_export(cfg: ExportVerbConfig) -> int:
-    """The `export` verb."""
+EXPORT_WRITES = ("export_report.json", "MODEL_CARD.md", "merged", "interpolate", "interpolate_sweep.json",
+                 "interpolate_sweep.svg", *QUANT_METHODS, "gguf", "soup", "soup.json")  # what the verb writes
+
+
+def _read_paths(cfg: ExportVerbConfig) -> list[str]:
+    """What the export reads: a run's model/ and config.yaml (RUN/export is a fine --out), a model folder
+    or file, and the base model."""
+    paths: list[str] = []
+    for s in cfg.sources:
+        run = is_run_dir(s) or (Path(s) / "config.yaml").is_file()
+        paths += [str(Path(s) / "model"), str(Path(s) / "config.yaml")] if run else [s]
+    return paths + ([cfg.base] if cfg.base else [])
+
+
+def run_export(cfg: ExportVerbConfig, overwrite: bool = False) -> int:
+    """The `export` verb (overwrite: replace the exports of an earlier run in --out)."""
     if cfg.sources and cfg.sources[0] == "soup":
         cfg = cfg.model_copy(update={"sources": cfg.sources[1:], "to": ["soup"]})
-    out = out_dir(cfg.out)
-    if "soup" in cfg.to:
-        return _soup(cfg, out)
-    if len(cfg.sources) != 1:
+    if "soup" not in cfg.to and len(cfg.sources) != 1:
         raise UsageError("export one model at a time (several models: tunesmith export soup A B ...)")
     if not cfg.to:
         raise UsageError(f"nothing to export: give --to with one or more of {', '.join(STEPS)}")
+    out = prepare_out(cfg.out, overwrite=overwrite, inputs=_read_paths(cfg), writes=EXPORT_WRITES,
+                      marker=("export_report.json", "soup.json"))
+    if "soup" in cfg.to:
+        return _soup(cfg, out)
     source = Path(cfg.sources[0])
     run = source if is_run_dir(source) else None
     if run is None and source.is_dir() and (source / "config.yaml").is_file():

@@ -37,16 +37,30 @@ class ChatConfig(SamplingOptions):
     """`tunesmith chat`."""
 
 
-def _read_prompts(path: str) -> list[str]:
+def read_prompts(path: str) -> list[str]:
+    """The non-blank lines of a prompts file; a missing, unreadable, non-text or empty file is one clear
+    message (checked before any model loads)."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise UsageError(f"--file {path} is a folder; give a UTF-8 text file with one prompt per line")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = file.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"--file {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--file {path} is a folder; give a text file with one prompt per line") from None
+        raise UsageError(f"--file {path}: no such file; give a UTF-8 text file with one prompt per line") from None
+    except OSError as exc:
+        raise UsageError(f"--file {path} cannot be read ({exc.strerror or exc}); check its permissions, or "
+                         "give another file") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--file {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    return [ln for ln in text.splitlines() if ln.strip()]
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UsageError(f"--file {path}:{line}: not UTF-8 text (byte {exc.start}, column {column}: "
+                         f"{data[exc.start:exc.start + 1]!r}); save the file as UTF-8") from None
+    prompts = [ln for ln in text.removeprefix("\ufeff").splitlines() if ln.strip()]
+    if not prompts:
+        raise UsageError(f"--file {path} holds no prompt (only blank lines); write one prompt per line")
+    return prompts
 
 
 def _with_system(cfg: SamplingOptions, messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -55,7 +69,7 @@ def _with_system(cfg: SamplingOptions, messages: list[dict[str, str]]) -> list[d
 
 def run_generate(cfg: GenerateConfig) -> int:
     """The `generate` verb: one completion per prompt on stdout."""
-    prompts = list(cfg.prompt) + (_read_prompts(cfg.file) if cfg.file else [])
+    prompts = list(cfg.prompt) + (read_prompts(cfg.file) if cfg.file else [])  # before the model loads
     if not prompts:
         raise UsageError("give --prompt TEXT (repeatable) or --file PROMPTS.txt (one prompt per line)")
     model, tokenizer = load_model_and_tokenizer(cfg.model, log=ui.log)

@@ -26,7 +26,9 @@ from ..select.features import ScoringContext, model_fingerprint
 from ..select.less import LessConfig
 from ..select.run import METHODS, NEEDS_MODEL, Selection, SelectOptions, parse_chain, select, write_selection
 from ..train.distributed import DistInfo, init_distributed
-from .outputs import out_dir
+from .outputs import prepare_out
+
+SELECT_WRITES = ("selected.jsonl", "scores.jsonl", "selection_report.json")  # what write_selection writes
 
 
 class LessOptions(Section):
@@ -131,11 +133,12 @@ def select_examples(pool: list[Example], cfg: SelectConfig, model_cfg: ModelConf
     return [pool[int(i)] for i in np.sort(sel.indices)], info
 
 
-def run_select(cfg: SelectVerbConfig) -> int:
-    """The `select` verb."""
+def run_select(cfg: SelectVerbConfig, overwrite: bool = False) -> int:
+    """The `select` verb (overwrite: replace the outputs of an earlier selection in --out)."""
     t0 = time.perf_counter()
     info = init_distributed()
-    out = out_dir(cfg.out) if info.is_main else Path(cfg.out)
+    out = prepare_out(cfg.out, overwrite=overwrite, inputs=[cfg.data, *cfg.target], writes=SELECT_WRITES,
+                      marker="selection_report.json") if info.is_main else Path(cfg.out)
     pool = load_examples(cfg.data, cfg.format, on_error=cfg.on_error, show_progress=info.is_main).examples
     if not pool:
         raise UsageError(f"{cfg.data}: no usable examples in the pool")
