@@ -192,7 +192,8 @@ def test_cli_dedup_and_decontaminate(tmp_path, pool):
     assert report["exact_removed"] == expect.n_exact_removed and report["near_removed"] == expect.n_near_removed
     assert {r["line"] for r in removed} == {i + 1 for i in np.flatnonzero(~expect.keep)}
     assert all(r["reason"].split(":")[0] in ("exact_dup", "near_dup") for r in removed)
-    assert json.loads(kept[0]) == {"messages": first[0].messages}
+    # kept rows keep where they came from, so a later step can still point at the user's file
+    assert json.loads(kept[0]) == {"messages": first[0].messages, "origin": f"{tmp_path / 'pool.jsonl'}:1"}
 
     assert main(["data", "dedup", str(data), "--out", str(tmp_path / "e"), "--no-near"]) == 0
     assert json.loads((tmp_path / "e" / "report.json").read_text())["near_removed"] == 0

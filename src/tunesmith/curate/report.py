@@ -24,7 +24,10 @@ from tunesmith.io import atomic_open, write_json
 
 def write_curated(examples: Iterable[Example], keep: np.ndarray, reasons: dict[int, str], out_dir: str | os.PathLike,
                   report: dict[str, Any]) -> dict[str, Path]:
-    """Write kept.jsonl, removed.jsonl and report.json into out_dir; returns their paths."""
+    """Write kept.jsonl, removed.jsonl and report.json into out_dir; returns their paths.
+
+    kept.jsonl rows read back as the same examples: their own fields (id, category...), tools and
+    origin (the file:line they were first read from) travel with them."""
     out = Path(out_dir)
     paths = {"kept": out / "kept.jsonl", "removed": out / "removed.jsonl", "report": out / "report.json"}
     n = 0
@@ -32,10 +35,11 @@ def write_curated(examples: Iterable[Example], keep: np.ndarray, reasons: dict[i
         for i, ex in enumerate(examples):
             n += 1
             if keep[i]:
-                kept.write(json.dumps({"messages": ex.messages}, ensure_ascii=False) + "\n")
+                kept.write(json.dumps(ex.to_row(), ensure_ascii=False, default=str) + "\n")
             else:
-                removed.write(json.dumps({"row": i, "source": ex.source, "line": ex.line, "reason": reasons.get(i, ""),
-                                          "messages": ex.messages}, ensure_ascii=False) + "\n")
+                removed.write(json.dumps({"row": i, "source": ex.source, "line": ex.line, "origin": ex.origin,
+                                          "id": ex.meta.get("id"), "reason": reasons.get(i, ""),
+                                          "messages": ex.messages}, ensure_ascii=False, default=str) + "\n")
         if n != len(keep):
             raise ValueError(f"examples changed between passes: {n} rows now, {len(keep)} before")
     write_json(paths["report"], report, indent=1)

@@ -117,7 +117,8 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, Any]], eot: set[in
     """Render a conversation and label the turns that are trained on.
 
     Which turns: `train_on` "assistant" (every assistant turn), "last_assistant" (the final one)
-    or "all" (every turn, prompts included); a turn's own `weight` (0 or 1) overrides that.
+    or "all" (every turn whole, prompts and template markup included); a turn's own `weight` (0 or
+    1) overrides that.
     Returns (input_ids, labels). Raises TemplateMismatch when an inference prompt is not a
     token-for-token prefix of the training rendering.
     """
@@ -129,7 +130,7 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, Any]], eot: set[in
         default = train_on == "all" or (msg["role"] == "assistant" and (train_on == "assistant" or i == last))
         if not msg.get("weight", default):
             continue
-        if msg["role"] == "assistant":
+        if msg["role"] == "assistant" and train_on != "all":
             start, end = _assistant_span(tokenizer, messages, i, full, eot, tools)
         else:
             start = len(render(tokenizer, messages[:i], False, tools)) if i else 0

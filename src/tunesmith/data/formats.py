@@ -83,7 +83,10 @@ def detect_format(row: dict[str, Any]) -> str | None:
             return default
     if "prompt" in present and ("completion" in present or "response" in present):
         return "prompt_completion"
-    if "response" in present or "context" in present:
+    # Dolly by its "response" column even when empty (so the empty answer is named), unless the
+    # row is an alpaca row of a mixed CSV whose "output" holds the answer.
+    if "response" in present or "context" in present or ("instruction" in present and "response" in row
+                                                          and "output" not in present):
         return "dolly"
     if "instruction" in present or "output" in present:
         return "alpaca"
@@ -101,7 +104,8 @@ def parse_row(row: dict[str, Any], fmt: str) -> Parsed:
     elif fmt == "dolly":
         messages = _pair(row, "instruction", "response", "context", "dolly")
     elif fmt == "prompt_completion":
-        messages = _prompt_completion(row, "completion" if row.get("completion") not in (None, "") else "response")
+        messages = _prompt_completion(row, "response" if "completion" not in row and "response" in row
+                                      else "completion")
     elif fmt == "sharegpt":
         messages = _with_system(row, _turns(row, "conversations", "from", "value", SHAREGPT_ROLES))
     elif fmt == "messages":

@@ -185,21 +185,13 @@ def coverage(pool: Sequence[Example], indices: np.ndarray, key: str = "task") ->
     return dict(sorted(Counter(stratum_of(pool[i], key) for i in indices).items()))
 
 
-def _row(ex: Example) -> dict[str, Any]:
-    """An example as a messages-format row that reads back with its fields (task, category...)
-    and says where it came from."""
-    extras = {k: v for k, v in ex.meta.items() if k not in ("format", "fields")}
-    extras.update(ex.meta.get("fields", {}))
-    return {"messages": ex.messages, **extras, "origin": f"{ex.source}:{ex.line}"}
-
-
 def write_selection(out_dir: str | Path, pool: Sequence[Example], sel: Selection, extra: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """selected.jsonl (messages format), scores.jsonl (one row per pool example) and
     selection_report.json in out_dir, each written atomically; returns the report."""
     out = Path(out_dir)
     rank = {int(i): r for r, i in enumerate(sel.indices)}
-    write_jsonl(out / "selected.jsonl", (_row(pool[int(i)]) for i in sel.indices))
+    write_jsonl(out / "selected.jsonl", (pool[int(i)].to_row() for i in sel.indices))
     write_jsonl(out / "scores.jsonl", (_score_row(i, ex, rank, sel) for i, ex in enumerate(pool)))
     report = {"pool": len(pool), "selected": int(len(sel.indices)), "steps": sel.steps,
               "coverage": coverage(pool, sel.indices), **(extra or {})}
@@ -209,7 +201,8 @@ def write_selection(out_dir: str | Path, pool: Sequence[Example], sel: Selection
 
 def _score_row(i: int, ex: Example, rank: dict[int, int], sel: Selection) -> dict[str, Any]:
     """One pool example's line of scores.jsonl: where it came from, whether chosen, every score."""
-    row = {"index": i, "source": ex.source, "line": ex.line, "selected": i in rank, "rank": rank.get(i)}
+    row = {"index": i, "source": ex.source, "line": ex.line, "origin": ex.origin, "selected": i in rank,
+           "rank": rank.get(i)}
     for method, values in sel.scores.items():
         v = float(values[i])
         row[method] = None if math.isnan(v) else round(v, 6)

@@ -124,6 +124,7 @@ class DataBundle:
     train_samples: list[TokenizedExample]
     eval_items: list[TaskItem]  # held-out generated tasks (exact-match suite)
     loss_samples: list[TokenizedExample]  # held-out conversations (loss suite)
+    eval_examples: list[Example] = field(default_factory=list)  # data.eval conversations (the "data" suite)
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -181,7 +182,8 @@ def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example]
                         "or set data.on_error: skip")
     if not samples:
         raise DataError(_nothing_left(loaded, rejects, rejects_path))
-    loss_samples = _loss_samples(cfg, tokenizer, loaded.eval_items)
+    eval_examples = _eval_examples(cfg)
+    loss_samples = _loss_samples(cfg, tokenizer, loaded.eval_items, eval_examples)
     report = {"total": loaded.total, "kept": len(samples), "rejected": len(rejects),
               "sources": source_funnel(loaded, rejects, samples),
               "by_reason": dict(Counter(reason_kind(r.reason) for r in rejects)), "formats": loaded.formats,
@@ -193,7 +195,7 @@ def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example]
     # Nothing may go missing silently: every input record is kept, rejected, or removed by
     # curation/selection (and those removals are listed in RUN/curation and RUN/selection).
     assert report["kept"] + report["rejected"] + removed == loaded.total, report
-    return DataBundle(samples, loaded.eval_items, loss_samples, report)
+    return DataBundle(samples, loaded.eval_items, loss_samples, report=report, eval_examples=eval_examples)
 
 
 def write_trained(samples: list[TokenizedExample], path: Path) -> Path:
@@ -249,12 +251,23 @@ def source_funnel(loaded: Loaded, rejects: list[Reject], samples: list[Tokenized
     return out
 
 
-def _loss_samples(cfg: DataConfig, tokenizer, eval_items: list[TaskItem]) -> list[TokenizedExample]:
+def _eval_examples(cfg: DataConfig) -> list[Example]:
+    """The user's held-out conversations (data.eval), read like the training data; a row that
+    cannot be read is named in a warning, not silently left out."""
+    if not cfg.eval:
+        return []
+    loaded = load_examples(cfg.eval, cfg.format, "skip", columns=cfg.columns, max_row_bytes=cfg.max_row_bytes)
+    for r in loaded.rejects[:5]:
+        ui.log(f"[yellow]data.eval: {r.where()} is not used: {r.reason}[/]")
+    if len(loaded.rejects) > 5:
+        ui.log(f"[yellow]data.eval: {len(loaded.rejects) - 5} more rows are not used[/]")
+    return loaded.examples
+
+
+def _loss_samples(cfg: DataConfig, tokenizer, eval_items: list[TaskItem], eval_examples: list[Example]
+                  ) -> list[TokenizedExample]:
     """Held-out conversations for the loss suite: data.eval files, else the held-out task items."""
-    if cfg.eval:
-        held = load_examples(cfg.eval, cfg.format, "skip", columns=cfg.columns).examples
-    else:
-        held = [it.to_example("tasks:eval") for it in eval_items]
+    held = eval_examples if cfg.eval else [it.to_example("tasks:eval") for it in eval_items]
     if not held:
         return []
     return tokenize_examples(tokenizer, held, cfg.max_seq_len, "truncate", train_on=cfg.train_on,

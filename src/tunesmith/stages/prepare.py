@@ -23,7 +23,7 @@ def prepare_data(data: DataConfig, curation: CurateConfig, selection: SelectConf
     examples = loaded.examples
     refined: dict[str, Any] = {}
     if curation.active:
-        examples, refined = curate(examples, curation, run_dir, held_out(data))
+        examples, refined = curate(examples, curation, run_dir, held_out(data), eval_files=data.eval)
     if selection is not None:
         examples, refined["select"] = select_examples(examples, selection, model, data.max_seq_len, data.format,
                                                       run_dir)

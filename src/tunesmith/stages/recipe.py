@@ -54,6 +54,16 @@ class Recipe(Section):
             raise ValueError("no training data: set data.train (files) and/or data.tasks (generated)")
         return self
 
+    @model_validator(mode="after")
+    def _own_eval_set(self) -> "Recipe":
+        """data.eval is scored by generation too (the `data` suite) unless eval.suites says otherwise."""
+        if self.data.eval and "suites" not in self.eval.model_fields_set and "data" not in self.eval.suites:
+            self.eval.suites = [*self.eval.suites, "data"]
+        if "data" in self.eval.suites and not self.data.eval:
+            raise ValueError("eval.suites has 'data' (your own held-out conversations) but data.eval is empty: "
+                             "set data.eval to your eval file(s)")
+        return self
+
 
 def _moved_keys(raw: dict[str, Any], origin: str) -> None:
     data = raw.get("data")
@@ -62,12 +72,13 @@ def _moved_keys(raw: dict[str, Any], origin: str) -> None:
             raise UsageError(f"{origin}: {old} is now the top-level section `{new}:` (move it out of `data:`)")
 
 
-def _relative_to_recipe(paths: list[str], base: Path) -> list[str]:
-    """Data paths in a recipe are relative to its folder, unless they exist from the working directory."""
+def _relative_to_recipe(paths: list, base: Path) -> list:
+    """Data paths in a recipe are relative to its folder, unless they exist from the working directory.
+    An entry may be a path or a source with a `path` ({path, format, columns})."""
     def fix(p: str) -> str:
         keep = Path(p).exists() or any(c in p for c in "*?[") or Path(p).is_absolute() or not (base / p).exists()
         return p if keep else str(base / p)
-    return [fix(p) for p in paths]
+    return [fix(p) if isinstance(p, str) else p.model_copy(update={"path": fix(p.path)}) for p in paths]
 
 
 def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -81,6 +92,11 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
         base = Path(path).parent
         recipe.data.train = _relative_to_recipe(recipe.data.train, base)
         recipe.data.eval = _relative_to_recipe(recipe.data.eval, base)
+        if recipe.curate.decontaminate is not None:
+            decontam = recipe.curate.decontaminate
+            decontam.eval_files = _relative_to_recipe(decontam.eval_files, base)
+        if recipe.select is not None:
+            recipe.select.target = _relative_to_recipe(recipe.select.target, base)
     return recipe
 
 

@@ -30,9 +30,9 @@ from ..report.model_card import run_model_card
 from ..report.summary import build_summary, print_summary, summary_markdown
 from ..train.distributed import DistInfo, init_distributed
 from .data import DataBundle, print_data_report
-from .evaluate import during_training, eval_context, evaluate, load_evals
+from .evaluate import check_data_suite, during_training, eval_context, evaluate, load_evals
 from .export import Evaluator, export_steps
-from .outputs import out_dir
+from .outputs import out_dir, prepare_out
 from .prepare import prepare_data
 from .recipe import Recipe, dump_recipe
 from .train import fit, keep_best, save, setup_model
@@ -84,17 +84,19 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
 
     tokenizer = load_tokenizer(recipe.model.name, log=ui.log)
     data = _data(recipe, tokenizer, run_dir, info)
+    if "data" in recipe.eval.suites:  # a bad checker or pattern fails now, not after training
+        check_data_suite(data.eval_examples, recipe.eval.match)
     model = load_configured_model(recipe.model, log=ui.log)
     tcfg = recipe.train
     ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
-                       tcfg.loss_chunk_size)
+                       tcfg.loss_chunk_size, data_items=data.eval_examples)
     evals: dict[str, Any] = {}
     if do_eval and recipe.eval.before:
         evals["before"] = _evaluate_base(model, tokenizer, recipe, ctx, run_dir, resume)
 
     model = setup_model(model, tcfg)
     during_ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
-                              tcfg.loss_chunk_size, during=True)
+                              tcfg.loss_chunk_size, during=True, data_items=data.eval_examples)
     evaluator, best = during_training(model, tokenizer, recipe.eval, during_ctx, run_dir / "checkpoints")
     result = fit(model, data, tcfg, run_dir, resume, info, evaluator, recipe.eval.every, best)
     if not info.is_main:
@@ -128,9 +130,10 @@ def _export(recipe: Recipe, data: DataBundle, tokenizer, ctx, run_dir: Path, mod
         opts = recipe.eval.model_copy(update={"suites": cfg.suites, "limit": cfg.limit,
                                               "ifeval_items": cfg.ifeval_items})
         evaluate_export = Evaluator(opts, eval_context(opts, data.eval_items, data.loss_samples, recipe.train.seed,
-                                                       recipe.train.max_tokens_per_row), tokenizer)
+                                                       recipe.train.max_tokens_per_row,
+                                                       data_items=data.eval_examples), tokenizer)
     calibration = [s.input_ids for s in data.train_samples[:cfg.calibration]]
-    command = f"tunesmith export {run_dir} --out {run_dir / 'export'} --to {','.join(cfg.to)}" + \
+    command = f"tunesmith export {run_dir} --out {run_dir / 'export'} --overwrite --to {','.join(cfg.to)}" + \
         (f" --suites {','.join(cfg.suites)}" if cfg.suites else "")
     export_steps(model_dir, out_dir(run_dir / "export"), cfg, evaluate_export, calibration, recipe.model.name,
                  command)
@@ -148,9 +151,17 @@ def train_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) 
     return 0
 
 
-def check_recipe(recipe: Recipe, out: str | None = None) -> int:
-    """The `data check` verb: the data half of the recipe, with data_report.json and rejects.jsonl in --out."""
-    out_path = out_dir(out) if out else None
+CHECK_WRITES = ("data_report.json", "rejects.jsonl", "curation", "selection")  # what `data check --out` writes
+
+
+def check_recipe(recipe: Recipe, out: str | None = None, overwrite: bool = False) -> int:
+    """The `data check` verb: the data half of the recipe, with data_report.json and rejects.jsonl in --out
+    (overwrite: replace the outputs of an earlier check there)."""
+    decontam = recipe.curate.decontaminate
+    inputs = [*recipe.data.train_paths(), *recipe.data.eval, *(recipe.select.target if recipe.select else []),
+              *(getattr(decontam, "eval_files", ()) if decontam else ())]
+    out_path = prepare_out(out, overwrite=overwrite, inputs=inputs, writes=CHECK_WRITES,
+                           marker="data_report.json") if out else None
     tokenizer = load_tokenizer(recipe.model.name, log=ui.log)
     _data(recipe, tokenizer, out_path, DistInfo())
     return 0
