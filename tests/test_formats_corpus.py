@@ -224,3 +224,91 @@ def test_truncation_drops_earlier_turns_first(smol_tokenizer):
     assert sample.meta["truncation"] == {"turns_dropped": 2, "cut_end": False}
     dropped, rejects, stats = tokenize_examples(smol_tokenizer, [Example(messages, "x", 1)], 100, "drop")
     assert dropped == [] and rejects[0].reason.startswith("overlong: ") and stats.dropped_overlong == 1
+
+
+# ---- the verbs -------------------------------------------------------------------------------
+
+def test_data_check_reports_each_file_its_format_and_counts(tmp_path):
+    from tunesmith.cli import main
+
+    full, quick = tmp_path / "full", tmp_path / "quick"
+    assert main(["data", "check", str(CORPUS), "--data.on_error", "skip", "--out", str(full)]) == 0
+    assert main(["data", "check", str(CORPUS), "--data.on_error", "skip", "--out", str(quick), "--validate_only"]) == 0
+    for out in (full, quick):
+        report = json.loads((out / "data_report.json").read_text())
+        files = {Path(f["path"]).name: f for f in report["files"]}
+        assert set(files) == set(CASES)
+        for name, (kind, formats, rejects) in CASES.items():
+            if name.endswith(".csv"):  # unmapped here: its question/answer columns are unknown
+                formats, rejects = {}, [(2, "unknown_format"), (3, "unknown_format"), (4, "unknown_format")]
+            f = files[name]
+            assert (f["kind"], f["formats"], f["rejected"]) == (kind, formats, len(rejects)), name
+            assert f["kept"] == sum(formats.values()) and f["rows"] == f["kept"] + f["rejected"]
+        rejected = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+        where = {(Path(r["source"]).name, r["line"], r["reason"].split(":")[0]) for r in rejected}
+        expected = {(n, line, kind) for n, (_, _, rej) in CASES.items() for line, kind in rej if n != "question_answer.csv"}
+        expected |= {("question_answer.csv", line, "unknown_format") for line in (2, 3, 4)}
+        if out is full:
+            expected |= {(n, line, kind) for n, rej in TOKENIZE_REJECTS.items() for line, kind in rej}
+        assert where == expected
+    full_report = json.loads((full / "data_report.json").read_text())
+    assert full_report["kept"] == sum(sum(c[1].values()) for c in CASES.values()) - 2 - 2  # tool rows, csv
+    assert full_report["tokens"]["system"]["token_cost"] == 16
+
+
+def test_empty_data_says_so_without_pointing_at_a_rejects_file(capsys):
+    from tunesmith.cli import main
+
+    assert main(["data", "check", str(CORPUS / "empty.jsonl")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the training data has no rows (read: " in err and "empty.jsonl" in err and "rejects" not in err
+
+
+def test_provenance_survives_dedup_select_and_training(tmp_path):
+    """A row's id and file:line travel through dedup's kept.jsonl, selection's selected.jsonl and
+    into the trained-rows report of a training run."""
+    from tunesmith.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"id": f"q{i}", "instruction": f"What is {i} plus {i}?", "output": str(2 * i)} for i in range(12)]
+    rows.insert(5, dict(rows[3], id="dup"))  # an exact duplicate of q3 on line 6
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "dedup", str(pool), "--out", str(tmp_path / "dedup"), "--near", "false"]) == 0
+    kept = [json.loads(x) for x in (tmp_path / "dedup" / "kept.jsonl").read_text().splitlines()]
+    assert len(kept) == 12 and (kept[7]["id"], kept[7]["origin"]) == ("q7", f"{pool}:9")
+    assert main(["data", "select", str(tmp_path / "dedup" / "kept.jsonl"), "--method", "random", "--budget", "4",
+                 "--out", str(tmp_path / "sel")]) == 0
+    selected = [json.loads(x) for x in (tmp_path / "sel" / "selected.jsonl").read_text().splitlines()]
+    origin_of = {r["id"]: f"{pool}:{i + 1}" for i, r in enumerate(rows)}
+    assert len(selected) == 4 and all(r["origin"] == origin_of[r["id"]] for r in selected)
+    run = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {{train: [{tmp_path / 'sel' / 'selected.jsonl'}]}}\ntrain: {{max_steps: 1, batch_size: 4}}\n"
+                      f"output: {{dir: {run}, merge: false}}\n")
+    assert main(["train", str(recipe)]) == 0
+    trained = [json.loads(x) for x in (run / "trained.jsonl").read_text().splitlines()]
+    assert sorted((t["id"], t["origin"]) for t in trained) == sorted((r["id"], r["origin"]) for r in selected)
+    assert json.loads((run / "data_report.json").read_text())["trained_file"] == str(run / "trained.jsonl")
+
+
+def test_recipe_maps_columns_per_source(tmp_path):
+    from tunesmith.stages.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""data:
+  train:
+    - {{path: {CORPUS / 'question_answer.csv'}, columns: {{prompt: question, response: answer}}}}
+    - {CORPUS / 'dolly.jsonl'}
+  on_error: skip
+""")
+    from tunesmith.stages.data import load
+
+    loaded = load(load_recipe(recipe).data, None)
+    assert [(Path(f["path"]).name, f["formats"], f["columns"]) for f in loaded.files] == [
+        ("question_answer.csv", {"prompt_completion": 2}, {"prompt": "question", "response": "answer"}),
+        ("dolly.jsonl", {"dolly": 2}, {})]
+    # the same mapping from the command line
+    cli = load_recipe(None, {"data.train": [str(CORPUS / "question_answer.csv")],
+                             "data.columns": "prompt=question,response=answer", "data.on_error": "skip"})
+    assert cli.data.columns == {"prompt": "question", "response": "answer"}
+    assert load(cli.data, None).formats == {"prompt_completion": 2}

@@ -53,10 +53,11 @@ VERBS: tuple[Verb, ...] = (
          "stages.recipe:Recipe", "stages.run:run_recipe", (("recipe", RECIPE_HELP),), True, (RESUME, OVERWRITE)),
     Verb(("train",), "data -> curate -> select -> train -> save adapter and merged model (no evaluation)",
          "stages.recipe:Recipe", "stages.run:train_recipe", (("recipe", RECIPE_HELP),), True, (RESUME, OVERWRITE)),
-    Verb(("data", "check"), "validate, tokenize and mask data; report every bad row with file:line",
-         "stages.recipe:Recipe", "stages.run:check_recipe",
+    Verb(("data", "check"), "validate, tokenize and mask data; report every file, its format, and every bad row "
+         "with file:line", "stages.recipe:Recipe", "stages.run:check_recipe",
          (("recipe", "a recipe YAML, or a data file/folder/glob (sets data.train)"),), True,
-         switches=(OUT_OVERWRITE,), optional_positional=True),
+         switches=(OUT_OVERWRITE, ("validate_only", "read and validate rows only, streaming in flat memory "
+                                                    "(no tokenizer, no curation)")), optional_positional=True),
     Verb(("data", "dedup"), "remove exact and near-duplicate rows (MinHash LSH); report every cluster",
          "stages.curate:DedupVerbConfig", "stages.curate:run_dedup", (("data", "file, folder or glob"),),
          switches=(OUT_OVERWRITE,)),

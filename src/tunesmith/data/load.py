@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.columns import apply_columns
-from tunesmith.data.example import Example, Reject
+from tunesmith.data.example import Example, Reject, excerpt
 from tunesmith.data.formats import EXPECTED, FORMATS, RowProblem, detect_format, extra_fields, parse_row
 from tunesmith.data.readers import iter_records, resolve_paths
 from tunesmith.errors import DataError, UsageError
@@ -55,6 +55,7 @@ class LoadResult:
     format_counts: dict[str, int] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    kept: int = 0  # rows that became examples (== len(examples) unless they were not kept)
 
 
 def load_examples(
@@ -81,8 +82,13 @@ def load_examples(
 
 
 def load_sources(sources: Sequence[Source], on_error: str = "fail", rejects_path: Path | None = None,
-                 show_progress: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> LoadResult:
-    """Read several sources, each with its own format and column mapping (see load_examples)."""
+                 show_progress: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+                 keep_examples: bool = True) -> LoadResult:
+    """Read several sources, each with its own format and column mapping (see load_examples).
+
+    keep_examples=False validates without keeping the examples (memory stays flat whatever the
+    data's size: only counts and the rejects, each cut to an excerpt, are kept); the kept count
+    is then in `result.kept` and the per-file counts."""
     if on_error not in ON_ERROR:
         raise UsageError(f"unknown on_error {on_error!r}; expected one of {', '.join(ON_ERROR)}")
     for src in sources:
@@ -97,7 +103,7 @@ def load_sources(sources: Sequence[Source], on_error: str = "fail", rejects_path
             files, skipped = _files(src.path)
             result.skipped += skipped
             for path, kind in files:
-                counts = _read_file(path, kind, src, max_row_bytes, result, formats, advance)
+                counts = _read_file(path, kind, src, max_row_bytes, result, formats, advance, keep_examples)
                 result.files.append(counts)
         advance(result.total % PROGRESS_EVERY)
     result.format_counts = dict(sorted(formats.items()))
@@ -119,7 +125,7 @@ def _files(spec: str) -> tuple[list[tuple[Path, str]], list[dict[str, str]]]:
 
 
 def _read_file(path: Path, kind: str, src: Source, max_row_bytes: int, result: LoadResult,
-               formats: Counter, advance) -> dict[str, Any]:
+               formats: Counter, advance, keep_examples: bool = True) -> dict[str, Any]:
     source = str(path)
     rows = kept = 0
     file_formats: Counter[str] = Counter()
@@ -136,9 +142,13 @@ def _read_file(path: Path, kind: str, src: Source, max_row_bytes: int, result: L
         item = convert_row(rec.row, src.format, source, rec.line, src.columns, index)
         if isinstance(item, Reject):
             item.offset = offset
+            if not keep_examples:
+                item.raw = excerpt(item.raw)
             result.rejects.append(item)
         else:
-            result.examples.append(item)
+            if keep_examples:
+                result.examples.append(item)
+            result.kept += 1
             kept += 1
             formats[item.meta["format"]] += 1
             file_formats[item.meta["format"]] += 1
@@ -209,7 +219,7 @@ def summarize(result: LoadResult) -> dict[str, Any]:
     kinds = Counter(reason_kind(r.reason) for r in result.rejects)
     return {
         "total": result.total,
-        "kept": len(result.examples),
+        "kept": len(result.examples) if result.examples or not result.kept else result.kept,
         "rejected": len(result.rejects),
         "by_reason": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
         "formats": dict(result.format_counts),
@@ -234,7 +244,7 @@ def _fail_message(result: LoadResult, rejects_path: Path | None) -> str:
         lines.append(f"  ... and {len(rejects) - MAX_LISTED} more")
     kinds = summarize(result)["by_reason"]
     lines.append(
-        f"{len(result.examples)} kept, {len(rejects)} rejected ("
+        f"{result.kept} kept, {len(rejects)} rejected ("
         + ", ".join(f"{k}: {n}" for k, n in kinds.items())
         + ")."
     )

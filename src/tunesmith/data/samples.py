@@ -101,7 +101,7 @@ class TokenizeStats:
     tool_rows: int = 0  # rows with tools that the template renders, trained with their calls
     weight0_turns: int = 0
     template_checked: int = 0
-    system_given: int = 0  # rows that had no system turn and got the policy's
+    system_given: int = 0  # rows that had no system turn of their own (they get the policy's)
     train_on: str = "assistant"
     system: dict[str, Any] = field(default_factory=dict)
 
@@ -147,7 +147,7 @@ def tokenize_examples(tokenizer, examples: list[Example], max_seq_len: int, over
 def _one(tokenizer, ex: Example, max_seq_len: int, overlong: str, train_on: str, policy: SystemPolicy,
          eot: set[int], stats: TokenizeStats) -> tuple[TokenizedExample | None, Reject | None]:
     messages = with_system(ex.messages, policy)
-    stats.system_given += messages is not ex.messages
+    stats.system_given += ex.messages[0]["role"] != "system"
     if uses_tools(messages, ex.tools):
         try:
             check_tools_rendered(tokenizer, messages, ex.tools)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
+from rich.markup import escape
 
 from .. import ui
 from ..config import Section
@@ -155,6 +156,40 @@ def load(cfg: DataConfig, rejects_path: Path | None) -> Loaded:
     return Loaded(examples, rejects, total, formats, eval_items, files, skipped)
 
 
+def validate_data(cfg: DataConfig, rejects_path: Path | None) -> dict[str, Any]:
+    """`data check --validate-only`: read and validate data.train in flat memory (no tokenizer),
+    print each file's format and counts, and return the report. Under on_error: fail, rejected
+    rows end in a DataError listing them (after the report is printed)."""
+    import time
+
+    if not cfg.train:
+        raise DataError("nothing to validate: data.train is empty (give a data file, folder or glob)")
+    t0 = time.perf_counter()
+    loaded = load_sources(cfg.sources(), "skip", rejects_path, show_progress=True, max_row_bytes=cfg.max_row_bytes,
+                          keep_examples=False)
+    seconds = time.perf_counter() - t0
+    kinds = Counter(reason_kind(r.reason) for r in loaded.rejects)
+    report = {"total": loaded.total, "kept": loaded.kept, "rejected": len(loaded.rejects),
+              "by_reason": dict(kinds.most_common()), "formats": loaded.format_counts, "files": loaded.files,
+              "skipped_files": loaded.skipped, "rejects_file": str(rejects_path) if rejects_path else None,
+              "seconds": round(seconds, 2), "rows_per_s": round(loaded.total / seconds) if seconds else None}
+    print_file_table(report)
+    ui.log(f"{loaded.total} rows read in {seconds:.1f} s ({report['rows_per_s']} rows/s): {loaded.kept} usable, "
+           f"{len(loaded.rejects)} rejected" + (" (" + ", ".join(f"{k}: {n}" for k, n in kinds.most_common()) + ")"
+                                                if kinds else ""))
+    for r in loaded.rejects[:MAX_SHOWN]:
+        ui.log(escape(f"  {r.where()}: {r.reason}"))
+    if len(loaded.rejects) > MAX_SHOWN:
+        ui.log(f"  ... and {len(loaded.rejects) - MAX_SHOWN} more" + (f" (all in {rejects_path})" if rejects_path else ""))
+    if loaded.rejects and cfg.on_error == "fail":
+        raise DataError(f"{len(loaded.rejects)} of {loaded.total} rows cannot be used (listed above); fix them or "
+                        "set data.on_error: skip")
+    return report
+
+
+MAX_SHOWN = 20
+
+
 def held_out(cfg: DataConfig) -> tuple[int, int]:
     """(count, seed) of the held-out generated task items this data config evaluates on."""
     return (cfg.tasks.n_eval, cfg.tasks.seed) if cfg.tasks is not None else (HELD_OUT_TASKS, 0)
@@ -274,24 +309,33 @@ def _loss_samples(cfg: DataConfig, tokenizer, eval_items: list[TaskItem], eval_e
                              default_system=cfg.default_system)[0]
 
 
-def print_data_report(report: dict[str, Any]) -> None:
-    """The data report: each file with its detected format and counts, then the funnel (records
-    in, kept, rejected by reason, removals), tokens, and every policy that changed a conversation."""
+def print_file_table(report: dict[str, Any]) -> None:
+    """Each data file: how it was read, the formats detected in it, its rows, kept and rejected;
+    then the files of data folders that were not read, and why."""
     from rich.table import Table
 
     files = Table(title="data files")
-    for col in ("file", "read as", "format", "rows", "kept", "rejected"):
-        files.add_column(col, justify="right" if col in ("rows", "kept", "rejected") else "left")
+    for col in ("file", "read as", "format", "rows", "valid", "rejected"):
+        files.add_column(col, justify="right" if col in ("rows", "valid", "rejected") else "left")
     for f in report.get("files", []):
-        fmt = ", ".join(f"{k} {v}" if len(f["formats"]) > 1 else k for k, v in f["formats"].items()) or "-"
+        fmt = ", ".join(f"{k} {v}" if len(f["formats"]) > 1 else k for k, v in f["formats"].items()) or \
+            ("(empty file)" if not f["rows"] else "-")
         if f.get("columns"):
             fmt += " (columns " + ", ".join(f"{k}={v}" for k, v in f["columns"].items()) + ")"
         files.add_row(f["path"], f["kind"], fmt, str(f["rows"]), str(f["kept"]), str(f["rejected"]))
     if report.get("files"):
         ui.console.print(files)
     for skipped in report.get("skipped_files", []):
-        ui.log(f"not read: {skipped['path']} ({skipped['reason']})")
+        ui.log(escape(f"not read: {skipped['path']} ({skipped['reason']})"))
 
+
+
+def print_data_report(report: dict[str, Any]) -> None:
+    """The data report: each file with its detected format and counts, then the funnel (records
+    in, kept, rejected by reason, removals), tokens, and every policy that changed a conversation."""
+    from rich.table import Table
+
+    print_file_table(report)
     table = Table(title="data report")
     table.add_column("what")
     table.add_column("count", justify="right")

@@ -29,7 +29,7 @@ from ..models import base_weights_sha256, load_configured_model, load_tokenizer
 from ..report.model_card import run_model_card
 from ..report.summary import build_summary, print_summary, summary_markdown
 from ..train.distributed import DistInfo, init_distributed
-from .data import DataBundle, print_data_report
+from .data import DataBundle, print_data_report, validate_data
 from .evaluate import check_data_suite, during_training, eval_context, evaluate, load_evals
 from .export import Evaluator, export_steps
 from .outputs import out_dir, prepare_out
@@ -151,17 +151,23 @@ def train_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) 
     return 0
 
 
-CHECK_WRITES = ("data_report.json", "rejects.jsonl", "curation", "selection")  # what `data check --out` writes
+CHECK_WRITES = ("data_report.json", "rejects.jsonl", "trained.jsonl", "curation", "selection")  # what `data check --out` writes
 
 
-def check_recipe(recipe: Recipe, out: str | None = None, overwrite: bool = False) -> int:
+def check_recipe(recipe: Recipe, out: str | None = None, overwrite: bool = False, validate_only: bool = False) -> int:
     """The `data check` verb: the data half of the recipe, with data_report.json and rejects.jsonl in --out
-    (overwrite: replace the outputs of an earlier check there)."""
+    (overwrite: replace the outputs of an earlier check there; validate_only: read and validate the
+    rows in flat memory, without tokenizing)."""
     decontam = recipe.curate.decontaminate
     inputs = [*recipe.data.train_paths(), *recipe.data.eval, *(recipe.select.target if recipe.select else []),
               *(getattr(decontam, "eval_files", ()) if decontam else ())]
     out_path = prepare_out(out, overwrite=overwrite, inputs=inputs, writes=CHECK_WRITES,
                            marker="data_report.json") if out else None
+    if validate_only:
+        report = validate_data(recipe.data, out_path / "rejects.jsonl" if out_path else None)
+        if out_path is not None:
+            write_json(out_path / "data_report.json", report)
+        return 0
     tokenizer = load_tokenizer(recipe.model.name, log=ui.log)
     _data(recipe, tokenizer, out_path, DistInfo())
     return 0
