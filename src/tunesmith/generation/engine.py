@@ -1,0 +1,303 @@
+"""The generation engine: requests join and leave one running batch between decode steps.
+
+Each step, in one thread (the engine's own after `start()`, else the caller of `generate`):
+  1. completions of cancelled requests end ("cancelled");
+  2. queued requests are admitted while the batch has rows for all their `n` completions; each is
+     prefilled alone (one forward on its prompt, whatever its `n`) and its first tokens are sampled;
+  3. if rows left or joined, the KV cache is rebuilt once (kv.merge: the prefill's cache copied once
+     per completion, padding no row needs trimmed);
+  4. one decode forward for every row; each row's token goes to its completion (sequence.py).
+
+    engine = Engine(model, tokenizer); engine.start()
+    handle = engine.submit(prompt_ids, SamplingParams(max_tokens=64))
+    for event in handle.events(): ...
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from ..data.chat import end_of_turn_ids
+from .handle import EngineClosed, QueueFull, RequestHandle
+from .kv import BatchCache, merge
+from .requests import Completion, Finish, SamplingParams
+from .runner import ModelRunner
+from .sampling import choose
+from .sequence import Sequence
+
+
+@dataclass
+class EngineStats:
+    """Counters; `running` and `queued` count requests, `sequences` the rows of the running batch."""
+
+    running: int
+    queued: int
+    prompt_tokens: int
+    generated_tokens: int
+    steps: int
+    requests_finished: int
+    sequences: int = 0
+
+
+class Engine:
+    """Continuous-batching generation over one transformers causal LM (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 256,
+                 stop_token_ids: set[int] | None = None):
+        self.runner = ModelRunner(model)
+        self.tokenizer = tokenizer
+        if stop_token_ids is None:
+            stop_token_ids = end_of_turn_ids(tokenizer) if tokenizer is not None else set()
+        self.stop_ids = set(stop_token_ids)
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self._cv = threading.Condition()  # guards everything below up to _seqs
+        self._waiting: deque[RequestHandle] = deque()
+        self._running: set[RequestHandle] = set()
+        self._closed = self._stop = False
+        self._counts = dict(prompt_tokens=0, generated_tokens=0, steps=0, requests_finished=0)
+        self._step_lock = threading.Lock()  # one thread steps at a time; it owns _seqs and _cache
+        self._seqs: list[Sequence] = []  # row r of the cache is _seqs[r]
+        self._cache: BatchCache | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- public API ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run decode steps in a background thread whenever there is work."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
+            self._thread.start()
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, stream: bool = True) -> RequestHandle:
+        """Queue a request (thread-safe). QueueFull when the batch and queue are full, EngineClosed
+        after shutdown(), ValueError for a request that can never run."""
+        self._validate(prompt_ids, params)
+        handle = RequestHandle(f"gen-{uuid.uuid4().hex[:16]}", list(prompt_ids), params, self._cancel, stream)
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the generation engine is shutting down")
+            if len(self._running) + len(self._waiting) >= self.max_batch + self.max_queue:
+                raise QueueFull(f"{len(self._running)} requests running and {len(self._waiting)} queued")
+            self._waiting.append(handle)
+            self._cv.notify_all()
+        return handle
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        """Complete every prompt (result[i] holds params.n completions); blocks until all are done.
+
+        Prompts are fed as the queue allows. A seeded `params` gives prompt i the seed
+        `seed + i * n`, so identical prompts get different samples and results do not depend on
+        batching. Steps run in this thread unless start() was called. Raises a request's error.
+        """
+        handles: list[RequestHandle] = []
+        results: list[list[Completion] | None] = [None] * len(prompts)
+        finished = 0
+        while finished < len(prompts):
+            while len(handles) < len(prompts):
+                i = len(handles)
+                p = params if params.seed is None else replace(params, seed=params.seed + i * params.n)
+                try:
+                    handles.append(self.submit(prompts[i], p, stream=False))
+                except QueueFull:
+                    break
+            if self._threaded():
+                with self._cv:
+                    self._cv.wait(timeout=0.5)
+            else:
+                with self._step_lock:
+                    self._step()
+            newly = 0
+            for i, h in enumerate(handles):
+                if results[i] is None and h.done.is_set():
+                    if h.error is not None:
+                        for other in handles:
+                            other.cancel()
+                        raise RuntimeError(f"generation failed: {h.error}") from h.error
+                    results[i] = h.completions()
+                    newly += 1
+            finished += newly
+            if newly and progress is not None:
+                progress(newly)
+        return results  # type: ignore[return-value]
+
+    def stats(self) -> EngineStats:
+        with self._cv:
+            return EngineStats(len(self._running), len(self._waiting), sequences=len(self._seqs), **self._counts)
+
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        """Take no more requests; let accepted ones run up to `grace_s` seconds; cancel the rest."""
+        with self._cv:
+            self._closed = True
+        deadline = time.monotonic() + grace_s
+        if self._threaded():
+            with self._cv:
+                self._cv.wait_for(lambda: not self._has_work(), timeout=grace_s)
+        else:
+            while self._has_work() and time.monotonic() < deadline:
+                with self._step_lock:
+                    self._step()
+        with self._step_lock:
+            with self._cv:
+                waiting = list(self._waiting)
+                self._waiting.clear()
+            for handle in waiting:
+                self._end_unstarted(handle, "cancelled")
+            for seq in self._seqs:
+                seq.finish("cancelled")
+            self._retire(self._seqs)
+            self._seqs, self._cache = [], None
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    # -- scheduling ------------------------------------------------------------------------------
+    def _validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_ids:
+            raise ValueError("empty prompt: at least one token is needed")
+        if not 1 <= params.n <= self.max_batch:
+            raise ValueError(f"n={params.n}: must be between 1 and the engine's max_batch ({self.max_batch})")
+        if params.max_tokens < 1:
+            raise ValueError(f"max_tokens={params.max_tokens}: must be at least 1")
+        if params.temperature < 0 or not 0 < params.top_p <= 1 or params.top_k < 0 or params.top_logprobs < 0:
+            raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k and top_logprobs >= 0")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need an engine with a tokenizer")
+        limit = self.runner.max_len
+        if limit is not None and len(prompt_ids) >= limit:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens: the model reads at most {limit}")
+
+    def _threaded(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._stop or self._has_work())
+                if self._stop:
+                    return
+            with self._step_lock:
+                try:
+                    self._step()
+                except Exception as exc:  # e.g. out of memory while rebuilding the cache
+                    self._fail_all(exc)
+
+    def _cancel(self, handle: RequestHandle) -> None:
+        """A handle's cancel(): a queued request ends now; a running one at the next step."""
+        with self._cv:
+            queued = handle in self._waiting
+            if queued:
+                self._waiting.remove(handle)
+            self._cv.notify_all()
+        if queued:
+            self._end_unstarted(handle, "cancelled")
+
+    def _end_unstarted(self, handle: RequestHandle, reason: str) -> None:
+        for i in range(handle.params.n):
+            handle.push(Finish(i, reason, 0))
+        with self._cv:
+            self._running.discard(handle)
+            self._counts["requests_finished"] += 1
+            self._cv.notify_all()
+
+    def _admit(self) -> list[RequestHandle]:
+        free = self.max_batch - sum(s.finished is None for s in self._seqs)
+        admitted = []
+        with self._cv:
+            while self._waiting and self._waiting[0].params.n <= free:
+                handle = self._waiting.popleft()
+                free -= handle.params.n
+                self._running.add(handle)
+                admitted.append(handle)
+        return admitted
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        for seq in self._seqs:
+            if seq.handle.cancelled:
+                seq.finish("cancelled")
+        parts = []
+        if self._cache is not None:
+            parts.append((self._cache, [r for r, s in enumerate(self._seqs) if s.finished is None]))
+        joined = []
+        for handle in self._admit():
+            seqs, cache = self._prefill(handle)
+            alive = [s for s in seqs if s.finished is None]
+            if alive:
+                parts.append((cache, [0] * len(alive)))
+                joined += alive
+        if joined or any(s.finished is not None for s in self._seqs):
+            left = self._seqs
+            self._seqs = [s for s in self._seqs if s.finished is None] + joined
+            self._cache = merge(parts)
+            self._retire(left)
+        if self._seqs:
+            self._decode()
+        with self._cv:
+            self._cv.notify_all()
+
+    def _prefill(self, handle: RequestHandle) -> tuple[list[Sequence], BatchCache | None]:
+        seqs = [Sequence(handle, i, self.tokenizer, self.stop_ids, self.runner.max_len)
+                for i in range(handle.params.n)]
+        try:
+            logits, cache = self.runner.prefill(handle.prompt_ids)  # [1, V]
+            choices = choose(logits.expand(len(seqs), -1), [s.sampler for s in seqs])
+        except Exception as exc:  # a bad request must not take the engine down
+            handle.error = exc
+            for s in seqs:
+                s.finish("error")
+            self._retire(seqs)
+            return seqs, None
+        for s, c in zip(seqs, choices):
+            s.advance(c)
+        with self._cv:
+            self._counts["prompt_tokens"] += handle.prompt_tokens
+            self._counts["generated_tokens"] += len(seqs)
+        self._retire(seqs)
+        return seqs, cache
+
+    def _decode(self) -> None:
+        tokens = torch.tensor([s.last for s in self._seqs], dtype=torch.long, device=self.runner.device)
+        try:
+            logits = self.runner.decode(tokens, self._cache)  # [B, V]
+            choices = choose(logits, [s.sampler for s in self._seqs])
+        except Exception as exc:
+            self._fail_all(exc)
+            return
+        for s, c in zip(self._seqs, choices):
+            s.advance(c)
+        with self._cv:
+            self._counts["steps"] += 1
+            self._counts["generated_tokens"] += len(self._seqs)
+        self._retire(self._seqs)
+        if all(s.finished is not None for s in self._seqs) and not self._waiting:
+            self._seqs, self._cache = [], None  # free the cache now, not at the next request
+
+    def _fail_all(self, exc: Exception) -> None:
+        """End every running completion with "error" (the request's `error` says why)."""
+        for s in self._seqs:
+            s.handle.error = exc
+            s.finish("error")
+        self._retire(self._seqs)
+        self._seqs, self._cache = [], None
+
+    def _retire(self, seqs: list[Sequence]) -> None:
+        """Count requests whose last completion just ended."""
+        done = {s.handle for s in seqs if s.handle.done.is_set()}
+        with self._cv:
+            for handle in done & self._running:
+                self._running.discard(handle)
+                self._counts["requests_finished"] += 1
+
