@@ -16,6 +16,7 @@ VERB_ARGS = {
     ("generate",): ["generate", "--prompt", "hi"],
     ("chat",): ["chat"],
     ("export",): ["export", "runs/x", "--out", "o", "--to", "int8"],
+    ("serve",): ["serve"],
 }
 
 

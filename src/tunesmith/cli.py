@@ -78,6 +78,10 @@ VERBS: tuple[Verb, ...] = (
          switches=(OUT_OVERWRITE,), many=True),
     Verb(("generate",), "complete prompts with a model", "stages.generate:GenerateConfig", "stages.generate:run_generate"),
     Verb(("chat",), "talk to a model in the terminal", "stages.generate:ChatConfig", "stages.generate:run_chat"),
+    Verb(("serve",), "OpenAI-compatible HTTP API (chat/completions, completions, models, metrics) with keys "
+         "and limits", "stages.serve:ServeConfig", "stages.serve:run_serve",
+         (("model.name", "run directory (serves RUN/model), model directory, .gguf, quantized export folder or "
+                         "bundled name (or --model)"),), optional_positional=True),
 )
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".gz")
 
