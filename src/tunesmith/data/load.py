@@ -19,7 +19,7 @@ from typing import Any
 from tunesmith.data.columns import apply_columns
 from tunesmith.data.example import Example, Reject, excerpt
 from tunesmith.data.formats import EXPECTED, FORMATS, RowProblem, detect_format, extra_fields, parse_row
-from tunesmith.data.readers import iter_records, resolve_paths
+from tunesmith.data.readers import iter_records, resolve_paths, scan
 from tunesmith.errors import DataError, UsageError
 from tunesmith.io import write_jsonl
 from tunesmith.ui import progress_bar
@@ -116,12 +116,8 @@ def load_sources(sources: Sequence[Source], on_error: str = "fail", rejects_path
 
 def _files(spec: str) -> tuple[list[tuple[Path, str]], list[dict[str, str]]]:
     """(path, kind) of every file a spec names, and the files of its folders that were skipped."""
-    from tunesmith.data import readers
-
-    if hasattr(readers, "scan"):
-        found, skipped = readers.scan(spec)
-        return ([(f.path, f.kind) for f in found], [{"path": str(p), "reason": why} for p, why in skipped])
-    return [(p, p.suffix.lstrip(".").lower()) for p in resolve_paths(spec)], []
+    found, skipped = scan(spec)
+    return [(f.path, f.kind) for f in found], [{"path": str(p), "reason": why} for p, why in skipped]
 
 
 def _read_file(path: Path, kind: str, src: Source, max_row_bytes: int, result: LoadResult,
@@ -129,13 +125,12 @@ def _read_file(path: Path, kind: str, src: Source, max_row_bytes: int, result: L
     source = str(path)
     rows = kept = 0
     file_formats: Counter[str] = Counter()
-    for rec in _records(path, max_row_bytes):
+    for rec in iter_records(path, max_row_bytes=max_row_bytes):
         rows += 1
         result.total += 1
         if result.total % PROGRESS_EVERY == 0:
             advance(PROGRESS_EVERY, extra=source)
-        index, offset = getattr(rec, "index", None), getattr(rec, "offset", None)
-        index = None if callable(index) else index  # a plain tuple's index() method is not a record number
+        index, offset = rec.index, rec.offset
         if rec.error is not None:
             result.rejects.append(Reject(source, rec.line, rec.error, rec.text, offset, index))
             continue
@@ -154,13 +149,6 @@ def _read_file(path: Path, kind: str, src: Source, max_row_bytes: int, result: L
             file_formats[item.meta["format"]] += 1
     return {"path": source, "kind": kind, "rows": rows, "kept": kept, "rejected": rows - kept,
             "formats": dict(sorted(file_formats.items())), "columns": dict(src.columns)}
-
-
-def _records(path: Path, max_row_bytes: int):
-    try:
-        return iter_records(path, max_row_bytes=max_row_bytes)
-    except TypeError:  # a reader without the row limit
-        return iter_records(path)
 
 
 def convert_row(row: dict[str, Any], fmt: str, source: str, line: int, columns: dict[str, str] | None = None,
