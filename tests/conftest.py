@@ -50,3 +50,14 @@ def smol_model():
     from tunesmith.models import load_model
 
     return load_model(None, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama with SmolLM2's vocabulary and tokenizer, saved as a model folder."""
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    model = tiny_llama(seed=5, vocab=len(smol_tokenizer))
+    model.config.eos_token_id = smol_tokenizer.eos_token_id
+    model.save_pretrained(d)
+    smol_tokenizer.save_pretrained(d)
+    return d

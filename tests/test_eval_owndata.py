@@ -204,17 +204,6 @@ def test_bad_rows_are_named_before_generating(tmp_path, fake_generate):
 
 # ---- the verb -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    """A tiny random Llama with SmolLM2's tokenizer, saved as a model folder."""
-    from conftest import tiny_llama
-
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    model = tiny_llama(seed=5, vocab=len(smol_tokenizer))
-    model.config.eos_token_id = smol_tokenizer.eos_token_id
-    model.save_pretrained(d)
-    smol_tokenizer.save_pretrained(d)
-    return d
 
 
 def test_eval_data_runs_the_data_and_loss_suites(tmp_path, tiny_dir, own_file, capsys):

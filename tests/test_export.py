@@ -68,15 +68,6 @@ def test_greedy_soup_keeps_only_what_does_not_hurt():
     assert torch.equal(bad.model.embed_tokens.weight, tiny_llama(seed=3).model.embed_tokens.weight)  # untouched
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    """A tiny random Llama with SmolLM2's vocabulary and tokenizer, saved as a model folder."""
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    model = tiny_llama(seed=5, vocab=len(smol_tokenizer))
-    model.config.eos_token_id = smol_tokenizer.eos_token_id
-    model.save_pretrained(d)
-    smol_tokenizer.save_pretrained(d)
-    return d
 
 
 def test_export_verb_writes_each_step_report_and_card(tmp_path, tiny_dir, capsys):
