@@ -1,7 +1,7 @@
 """Serving under load, side by side: tunesmith serve, llama.cpp's llama-server and `transformers serve`.
 
-Each server is started in turn on loopback with the same model (SmolLM2-135M-Instruct: fp32 for
-tunesmith and transformers, the f16 GGUF that tunesmith exports for llama.cpp), the same thread
+Each server is started in turn on loopback with the same model (SmolLM2-135M-Instruct: fp32 and
+bf16 weights for tunesmith, fp32 for transformers, the f16 GGUF that tunesmith exports for llama.cpp), the same thread
 count, and driven by the same client: CONCURRENCY streaming clients sending REQUESTS chat
 requests of mixed prompt and output lengths (greedy, `max_tokens` from 16 to 128, seeded), then
 the same at concurrency 1. Per server: failed requests, p50/p99 time to first token, p50/p99
@@ -144,7 +144,9 @@ async def drive(url: str, model: str, items: list[tuple[str, int]], concurrency:
     queue: asyncio.Queue = asyncio.Queue()
     for item in items:
         queue.put_nowait(item)
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    # A new connection per request for every server: llama-server closes idle keep-alive connections,
+    # and a client that reuses one just as it closes sees "Server disconnected" (82 failures once).
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         async def worker():
             while not queue.empty():
@@ -171,11 +173,12 @@ def pct(values: list[float], q: float) -> float:
 def start_server(name: str, args, port: int, workdir: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     log = open(workdir / f"{name}.log", "w")
-    if name == "tunesmith":
+    if name.startswith("tunesmith"):  # tunesmith (fp32 weights) or tunesmith-bf16
         key = workdir / "key"
         key.write_text(KEY)
         cmd = [str(BIN / "tunesmith"), "serve", args.model, "--port", str(port), "--api-key-file", str(key),
-               "--served-model-name", "smollm2", "--max-concurrent", str(args.concurrency)]
+               "--served-model-name", "smollm2", "--max-concurrent", str(args.concurrency),
+               "--model.dtype", "bf16" if name.endswith("bf16") else "fp32"]
     elif name == "llama.cpp":
         cmd = [args.llama_server, "-m", str(args.gguf), "--port", str(port), "--host", "127.0.0.1", "-t",
                str(args.threads), "-np", str(args.concurrency), "-cb", "-c", str(args.concurrency * 1024),
@@ -214,7 +217,8 @@ def main() -> None:
                     help="requests for transformers serve (slower: the first N of the same prompts)")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--servers", default="tunesmith,llama.cpp,transformers")
+    ap.add_argument("--servers", default="tunesmith,tunesmith-bf16,llama.cpp,transformers",
+                    help="tunesmith serves fp32 weights, tunesmith-bf16 bf16 weights (llama.cpp serves f16)")
     ap.add_argument("--llama-server", default=shutil.which("llama-server") or "/work/llamacpp/llama-server",
                     help="llama-server binary: `cmake -B build -DLLAMA_CURL=OFF && cmake --build build --target "
                          "llama-server` in vendor/llama.cpp of `pip download --no-binary :all: llama-cpp-python`")
@@ -236,7 +240,7 @@ def main() -> None:
             model = "smollm2" if name != "transformers" else str(args.hf_dir)
             asyncio.run(drive(url, model, items[:32], args.concurrency, False))  # warm-up
             mine = items[:args.transformers_requests] if name == "transformers" else items
-            load = asyncio.run(drive(url, model, mine, args.concurrency, name == "tunesmith"))
+            load = asyncio.run(drive(url, model, mine, args.concurrency, name.startswith("tunesmith")))
             single = asyncio.run(drive(url, model, items[:args.batch1_requests], 1, False))
         except Exception as exc:  # noqa: BLE001
             notes.append(f"{name}: {type(exc).__name__}: {exc} (log: {workdir / (name + '.log')})")

@@ -4,8 +4,8 @@ Each step, in one thread (the engine's own after `start()`, else the caller of `
   1. completions of cancelled requests end ("cancelled");
   2. queued requests are admitted while the batch has rows for all their `n` completions; each is
      prefilled alone (one forward on its prompt, whatever its `n`) and its first tokens are sampled;
-  3. if rows left or joined, the KV cache is rebuilt once (kv.merge: the prefill's cache copied once
-     per completion, padding no row needs trimmed);
+  3. rows that ended leave their KV slots, and joined rows' prefill caches are copied into free
+     slots, once per completion (kv.SlotCache: nothing else in the cache moves);
   4. one decode forward for every row; each row's token goes to its completion (sequence.py).
 
     engine = Engine(model, tokenizer); engine.start()
@@ -20,17 +20,20 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ..data.chat import end_of_turn_ids
 from .handle import EngineClosed, QueueFull, RequestHandle
-from .kv import BatchCache, merge
+from .kv import SlotCache
 from .requests import Completion, Finish, SamplingParams
 from .runner import ModelRunner
 from .sampling import choose
 from .sequence import Sequence
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import DynamicCache
 
 
 @dataclass
@@ -63,8 +66,8 @@ class Engine:
         self._closed = self._stop = False
         self._counts = dict(prompt_tokens=0, generated_tokens=0, steps=0, requests_finished=0)
         self._step_lock = threading.Lock()  # one thread steps at a time; it owns _seqs and _cache
-        self._seqs: list[Sequence] = []  # row r of the cache is _seqs[r]
-        self._cache: BatchCache | None = None
+        self._seqs: list[Sequence] = []  # slot r of the cache is _seqs[r]
+        self._cache: SlotCache | None = None
         self._thread: threading.Thread | None = None
 
     # -- public API ----------------------------------------------------------------------------
@@ -228,27 +231,32 @@ class Engine:
         for seq in self._seqs:
             if seq.handle.cancelled:
                 seq.finish("cancelled")
-        parts = []
-        if self._cache is not None:
-            parts.append((self._cache, [r for r, s in enumerate(self._seqs) if s.finished is None]))
-        joined = []
+        self._leave()
         for handle in self._admit():
             seqs, cache = self._prefill(handle)
-            alive = [s for s in seqs if s.finished is None]
-            if alive:
-                parts.append((cache, [0] * len(alive)))
-                joined += alive
-        if joined or any(s.finished is not None for s in self._seqs):
-            left = self._seqs
-            self._seqs = [s for s in self._seqs if s.finished is None] + joined
-            self._cache = merge(parts)
-            self._retire(left)
+            for seq in seqs:
+                if seq.finished is None:
+                    if self._cache is None:
+                        self._cache = SlotCache(cache, self.max_batch)
+                    self._cache.add(cache)
+                    self._seqs.append(seq)
         if self._seqs:
             self._decode()
         with self._cv:
             self._cv.notify_all()
 
-    def _prefill(self, handle: RequestHandle) -> tuple[list[Sequence], BatchCache | None]:
+    def _leave(self) -> None:
+        """Free the slots of ended rows: the last row moves into each freed slot (as in the cache)."""
+        ended = []
+        for r in range(len(self._seqs) - 1, -1, -1):  # from the end: rows after r are all live
+            if self._seqs[r].finished is not None:
+                ended.append(self._seqs[r])
+                self._cache.remove(r)
+                self._seqs[r] = self._seqs[-1]
+                self._seqs.pop()
+        self._retire(ended)
+
+    def _prefill(self, handle: RequestHandle) -> tuple[list[Sequence], "DynamicCache | None"]:
         seqs = [Sequence(handle, i, self.tokenizer, self.stop_ids, self.runner.max_len)
                 for i in range(handle.params.n)]
         try:

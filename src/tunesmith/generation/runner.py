@@ -1,8 +1,8 @@
-"""The two forwards the engine runs: a prompt's prefill (alone, unpadded) and one decode step of the
-whole left-padded batch, with an explicit attention mask and position ids.
+"""The two forwards the engine runs: a prompt's prefill (alone, unpadded) and one decode step of all
+live rows of the slot cache, with an explicit attention mask and position ids.
 
 Position ids count each row's real tokens (what `model.generate` computes from a left-padded
-attention mask), so a row's numbers do not depend on how much padding the batch gives it.
+attention mask), so a row's numbers do not depend on the other rows of the batch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import inspect
 
 import torch
 
-from .kv import BatchCache
+from transformers.cache_utils import DynamicCache
+
+from .kv import SlotCache, prefill_cache
 
 
 class UnsupportedModel(ValueError):
@@ -19,7 +21,7 @@ class UnsupportedModel(ValueError):
 
 
 class ModelRunner:
-    """Calls a transformers causal LM's forward with a BatchCache; returns last-position logits."""
+    """Calls a transformers causal LM's forward with the engine's caches; returns last-position logits."""
 
     def __init__(self, model):
         self.model = model.eval()
@@ -35,22 +37,25 @@ class ModelRunner:
                                    f"{sorted(kinds)} layers")
         self.forwards = 0  # forward calls so far (prefills and decode steps)
 
-    def prefill(self, prompt: list[int]) -> tuple[torch.Tensor, BatchCache]:
+    def prefill(self, prompt: list[int]) -> tuple[torch.Tensor, DynamicCache]:
         """Run one prompt [1, L]; return its last logits [1, V] and its one-row cache."""
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)  # [1, L]
-        cache = BatchCache(pads=torch.zeros(1, dtype=torch.long, device=self.device))
+        cache = prefill_cache()
         positions = torch.arange(len(prompt), device=self.device)[None, :]  # [1, L]
         return self._forward(ids, torch.ones_like(ids), positions, cache), cache
 
-    def decode(self, tokens: torch.Tensor, cache: BatchCache) -> torch.Tensor:
-        """Feed each row's last token (tokens [B]); return logits [B, V]. The cache grows a column."""
-        cols = torch.arange(cache.length + 1, device=self.device)  # [T + 1]
-        mask = (cols[None, :] >= cache.pads[:, None]).long()  # [B, T + 1]; 0 on left padding
-        positions = cache.lengths()[:, None]  # [B, 1]: real tokens before this one
-        return self._forward(tokens[:, None], mask, positions, cache)
+    def decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        """Feed each live row's last token (tokens [n]); return logits [n, V]. Every row gains a column."""
+        cache.before_step()
+        lens = cache.row_lengths()  # [n]: real tokens before this one
+        cols = torch.arange(cache.width + 1, device=self.device)  # [W]
+        mask = (cols[None, :] <= lens[:, None]).long()  # [n, W]: a row's own columns and the new one
+        logits = self._forward(tokens[:, None], mask, lens[:, None], cache)
+        cache.after_step()
+        return logits
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache: BatchCache) -> torch.Tensor:
+                 cache) -> torch.Tensor:
         kwargs = {self.cache_kw: cache, "use_cache": True}
         if self.keep_last:
             kwargs["logits_to_keep"] = 1
