@@ -39,6 +39,36 @@ class TokenizedExample:
         return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
+@dataclass
+class TokenizedPair:
+    """A preference pair: the chosen and the rejected conversation (the same prompt, two answers),
+    tokenized with the same chat template and masks; labels mark the final answer only."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    @property
+    def source(self) -> str:
+        return self.chosen.source
+
+    @property
+    def line(self) -> int:
+        return self.chosen.line
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.chosen.meta
+
+    @property
+    def origin(self) -> str:
+        return self.chosen.origin
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens of both sequences (what one pair costs in a packed row)."""
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
+
 class TemplateMismatch(Exception):
     """The training rendering of a prompt differs from the inference rendering."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .chat import IGNORE, TokenizedExample
+from .chat import IGNORE, TokenizedExample, TokenizedPair
 
 # Tokens per packed row (one forward pass): activation memory grows with it. One default for
 # training, loss evaluation and gradient scoring, so the same samples are packed the same way.
@@ -74,6 +74,28 @@ def pack_rows(samples: list[TokenizedExample], max_tokens: int) -> list[PackedRo
             rows.append(make_row(current))
             current, used = [], 0
         current.append(s)
+        used += n
+    if current:
+        rows.append(make_row(current))
+    return rows
+
+
+def pack_pairs(pairs: list[TokenizedPair], max_tokens: int) -> list[PackedRow]:
+    """Pack preference pairs, in order, into rows of whole pairs: chosen_1, rejected_1, chosen_2, ...
+
+    A pair never spans two rows, so a row's loss depends on that row alone (one backward per row,
+    exact under any split into micro-batches). A pair longer than `max_tokens` gets a row of its
+    own. A row holds `n_samples // 2` pairs, in the order given.
+    """
+    rows: list[PackedRow] = []
+    current: list[TokenizedExample] = []
+    used = 0
+    for p in pairs:
+        n = p.n_tokens
+        if current and used + n > max_tokens:
+            rows.append(make_row(current))
+            current, used = [], 0
+        current.extend((p.chosen, p.rejected))
         used += n
     if current:
         rows.append(make_row(current))

@@ -16,6 +16,7 @@ from .chat import (
     TRAIN_ON,
     TemplateMismatch,
     TokenizedExample,
+    TokenizedPair,
     ToolsUnsupported,
     check_tools_rendered,
     end_of_turn_ids,
@@ -142,6 +143,87 @@ def tokenize_examples(tokenizer, examples: list[Example], max_seq_len: int, over
         if progress:
             progress()
     return kept, rejects, stats
+
+
+def require_pairs(examples: list[Example]) -> None:
+    """Preference tuning needs a rejected answer on every row: one DataError naming the first row
+    without one and how many there are."""
+    missing = [ex for ex in examples if ex.rejected is None]
+    if missing:
+        raise DataError(f"train.objective: dpo trains on preference pairs, but {len(missing)} of {len(examples)} "
+                        f"rows have no rejected answer (first: {missing[0].where()}). Give rows with 'chosen' and "
+                        "'rejected' (data.format: preference), or set train.objective: sft")
+
+
+def tokenize_pairs(tokenizer, examples: list[Example], max_seq_len: int, overlong: str = "truncate",
+                   progress=None, default_system: str = "model"
+                   ) -> tuple[list[TokenizedPair], list[Reject], TokenizeStats]:
+    """Tokenize preference rows into pairs with the chat template and masks of SFT.
+
+    Both sides get the same system policy and template check; their labels are the final
+    assistant answer only (the answer the preference is about: earlier turns are the shared
+    prompt). overlong: "truncate" cuts both sequences at max_seq_len (the prompt is kept whole,
+    as TRL's keep_start), "drop" rejects the pair, "fail" stops. A pair whose chosen and rejected
+    tokens are the same is rejected ("identical_pair"), as is one left without trained tokens.
+    Every row must carry a rejected answer (else one DataError, see `require_pairs`).
+    """
+    if overlong not in OVERLONG:
+        raise UsageError(f"data.overlong must be truncate, drop or fail, not '{overlong}'")
+    require_pairs(examples)
+    eot = end_of_turn_ids(tokenizer)
+    policy = system_policy(tokenizer, default_system)
+    stats = TokenizeStats(train_on="last_assistant", system=policy.to_json())
+    pairs: list[TokenizedPair] = []
+    rejects: list[Reject] = []
+    unbounded = 1 << 62  # each side whole first; the pair's own overlong policy comes after
+    for ex in examples:
+        chosen, reject = _one(tokenizer, ex, unbounded, "truncate", "last_assistant", policy, eot, stats)
+        if chosen is not None:
+            side = Example(ex.rejected, ex.source, ex.line, ex.meta, ex.tools)
+            scratch = TokenizeStats()  # the row is counted once (on its chosen side)
+            rejected, reject = _one(tokenizer, side, unbounded, "truncate", "last_assistant", policy, eot, scratch)
+            stats.template_checked += scratch.template_checked
+            stats.tools_unsupported += scratch.tools_unsupported
+            if reject is not None:
+                reject = _reject(ex, reject.reason.replace(": ", ": rejected answer: ", 1))
+            else:
+                pair, reject = _pair(ex, chosen, rejected, max_seq_len, overlong, stats)
+                if pair is not None:
+                    pairs.append(pair)
+                    stats.total_tokens += pair.n_tokens
+                    stats.trainable_tokens += pair.chosen.n_trainable + pair.rejected.n_trainable
+        if reject is not None:
+            rejects.append(reject)
+        if progress:
+            progress()
+    return pairs, rejects, stats
+
+
+def _pair(ex: Example, chosen: TokenizedExample, rejected: TokenizedExample, max_seq_len: int, overlong: str,
+          stats: TokenizeStats) -> tuple[TokenizedPair | None, Reject | None]:
+    """The pair under the overlong policy, or why it cannot teach a preference."""
+    longest = max(len(chosen.input_ids), len(rejected.input_ids))
+    cut = ""
+    if longest > max_seq_len:
+        if overlong == "fail":
+            raise DataError(f"{ex.where()}: the pair has {longest} tokens, over data.max_seq_len={max_seq_len}; "
+                            "raise it or set data.overlong: truncate | drop")
+        if overlong == "drop":
+            stats.dropped_overlong += 1
+            return None, _reject(ex, f"overlong: {longest} tokens > max_seq_len {max_seq_len}")
+        meta = {**ex.meta, "truncation": {"turns_dropped": 0, "cut_end": True}}
+        chosen, rejected = (TokenizedExample(s.input_ids[:max_seq_len], s.labels[:max_seq_len], s.source, s.line,
+                                             meta, truncated=True) for s in (chosen, rejected))
+        stats.truncated += 1
+        stats.cut_end += 1
+        cut = f" after truncation to {max_seq_len}"
+    if chosen.input_ids == rejected.input_ids:
+        return None, _reject(ex, f"identical_pair: the chosen and the rejected answer are the same{cut} "
+                                 f"({len(chosen.input_ids)} tokens); a pair teaches a preference only if they differ")
+    if not chosen.n_trainable or not rejected.n_trainable:
+        stats.no_trainable += 1
+        return None, _reject(ex, f"no_trainable_tokens: no trained token left{cut}")
+    return TokenizedPair(chosen, rejected), None
 
 
 def _one(tokenizer, ex: Example, max_seq_len: int, overlong: str, train_on: str, policy: SystemPolicy,

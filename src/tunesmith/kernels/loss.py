@@ -6,6 +6,8 @@ of `chunk_size` rows, so the (tokens x vocab) logit matrix never exists:
   chunked_cross_entropy   summed loss for training; the gradient of each chunk is formed right
                           away in the forward pass (softmax minus one-hot, times the weight), so
                           backward keeps no logits alive
+  chunked_token_logprobs  log-probability of every target (preference losses need them one by
+                          one); backward recomputes each chunk's logits, so no logits are kept
   token_cross_entropy     per-token losses (evaluation, selection features; autograd as usual)
   packed_token_losses     per-token losses of a padding-free packed row, through the model
   padded_label_losses     mean loss per row of a right-padded batch (selection, LESS gradients)
@@ -73,6 +75,78 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
     hidden [M, H] (label positions only), weight [V, H], targets [M]. Returns a 0-d fp32 tensor.
     """
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)
+
+
+class _ChunkedLinearLogProbs(torch.autograd.Function):
+    """logp_i = log_softmax(hidden_i @ weight.T + bias)[target_i], chunk by chunk.
+
+    The upstream gradient differs per row (a preference loss weighs every sequence differently), so
+    the gradient cannot be formed in the forward pass as in _ChunkedLinearCrossEntropy: backward
+    recomputes each chunk's logits instead (one more output-layer GEMM, still never [M, V]).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+        # hidden [M, H], weight [V, H], bias [V] or None, targets [M] -> logp [M] fp32 (fp64 for fp64 input)
+        out = torch.empty(hidden.shape[0], dtype=_logit_dtype(hidden.dtype), device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            logits = _chunk_logits(hidden[start:start + chunk_size], weight, bias)  # [C, V] fp32
+            t = targets[start:start + chunk_size]  # [C]
+            out[start:start + chunk_size] = logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        size = ctx.chunk_size
+        for start in range(0, hidden.shape[0], size):
+            h = hidden[start:start + size]  # [C, H]
+            t = targets[start:start + size]  # [C]
+            g = grad_out[start:start + size].to(_logit_dtype(hidden.dtype))  # [C]
+            logits = _chunk_logits(h, weight, bias)  # [C, V]
+            # d(logp_i)/d(logits_i) = onehot(t_i) - softmax_i, times the upstream g_i, in place.
+            grad_logits = logits.sub_(torch.logsumexp(logits, -1, keepdim=True)).exp_().mul_(-g[:, None])
+            grad_logits[torch.arange(t.shape[0], device=t.device), t] += g
+            gl = grad_logits.to(hidden.dtype)
+            if need_h:
+                grad_h[start:start + size] = gl @ weight
+            if need_w:
+                grad_w += (gl.T @ h).float()
+            if need_b:
+                grad_b += grad_logits.sum(0)
+        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None)
+
+
+def _logit_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Logits are at least fp32 (a stable log-sum-exp); fp64 stays fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """[C, H] hidden rows -> [C, V] logits, at least fp32."""
+    dtype = _logit_dtype(h.dtype)
+    logits = (h @ weight.T).to(dtype)
+    if bias is not None:
+        logits += bias.to(dtype)
+    return logits
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           targets: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
+    """Log-probability of each target under `hidden @ weight.T (+ bias)`, computed in chunks.
+
+    hidden [M, H] (label positions only), weight [V, H], targets [M]. Returns [M] fp32 (fp64 for an
+    fp64 model), with a backward that recomputes each chunk's logits (no [M, V] tensor ever exists).
+    """
+    return _ChunkedLinearLogProbs.apply(hidden, weight, bias, targets, chunk_size)
 
 
 def token_cross_entropy(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor,

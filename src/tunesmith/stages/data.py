@@ -19,8 +19,8 @@ from rich.markup import escape
 
 from .. import ui
 from ..config import Section
-from ..data.chat import TokenizedExample
-from ..data.samples import tokenize_examples
+from ..data.chat import TokenizedExample, TokenizedPair
+from ..data.samples import tokenize_examples, tokenize_pairs
 from ..data.example import Example, Reject
 from ..data.columns import parse_columns
 from ..data.load import DEFAULT_MAX_ROW_BYTES, Source, load_examples, load_sources, reason_kind, write_rejects
@@ -122,11 +122,12 @@ class Loaded:
 class DataBundle:
     """What training and evaluation consume."""
 
-    train_samples: list[TokenizedExample]
+    train_samples: list[TokenizedExample]  # (train.objective: dpo) the chosen side of each pair
     eval_items: list[TaskItem]  # held-out generated tasks (exact-match suite)
     loss_samples: list[TokenizedExample]  # held-out conversations (loss suite)
     eval_examples: list[Example] = field(default_factory=list)  # data.eval conversations (the "data" suite)
     report: dict[str, Any] = field(default_factory=dict)
+    train_pairs: list[TokenizedPair] | None = None  # preference pairs (train.objective: dpo), else None
 
 
 def load(cfg: DataConfig, rejects_path: Path | None) -> Loaded:
@@ -196,15 +197,22 @@ def held_out(cfg: DataConfig) -> tuple[int, int]:
 
 
 def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example], removed: int,
-             rejects_path: Path | None) -> DataBundle:
+             rejects_path: Path | None, pairs: bool = False) -> DataBundle:
     """Tokenize the examples that survived curation and selection; build the data report.
 
+    pairs: tokenize preference pairs (train.objective: dpo); every row must have a rejected answer.
     Invariant reported and checked: kept + rejected + removed == total input records.
     """
-    with ui.progress_bar("tokenize train", len(examples), "samples") as advance:
-        samples, tok_rejects, stats = tokenize_examples(tokenizer, examples, cfg.max_seq_len, cfg.overlong,
-                                                        progress=advance, train_on=cfg.train_on,
-                                                        default_system=cfg.default_system)
+    train_pairs = None
+    with ui.progress_bar("tokenize train", len(examples), "pairs" if pairs else "samples") as advance:
+        if pairs:
+            train_pairs, tok_rejects, stats = tokenize_pairs(tokenizer, examples, cfg.max_seq_len, cfg.overlong,
+                                                             progress=advance, default_system=cfg.default_system)
+            samples = [p.chosen for p in train_pairs]
+        else:
+            samples, tok_rejects, stats = tokenize_examples(tokenizer, examples, cfg.max_seq_len, cfg.overlong,
+                                                            progress=advance, train_on=cfg.train_on,
+                                                            default_system=cfg.default_system)
     rejects = loaded.rejects + tok_rejects
     if rejects_path is not None:
         write_rejects(rejects, rejects_path)
@@ -225,18 +233,26 @@ def tokenize(cfg: DataConfig, tokenizer, loaded: Loaded, examples: list[Example]
               "tokens": stats.to_json(), "eval_items": len(loaded.eval_items), "loss_samples": len(loss_samples),
               "rejects_file": str(rejects_path) if rejects_path else None,
               "files": loaded.files, "skipped_files": loaded.skipped}
+    if train_pairs is not None:
+        report["pairs"] = len(train_pairs)
     if rejects_path is not None:
-        report["trained_file"] = str(write_trained(samples, rejects_path.parent / "trained.jsonl"))
+        report["trained_file"] = str(write_trained(train_pairs if pairs else samples,
+                                                   rejects_path.parent / "trained.jsonl"))
     # Nothing may go missing silently: every input record is kept, rejected, or removed by
     # curation/selection (and those removals are listed in RUN/curation and RUN/selection).
     assert report["kept"] + report["rejected"] + removed == loaded.total, report
-    return DataBundle(samples, loaded.eval_items, loss_samples, report=report, eval_examples=eval_examples)
+    return DataBundle(samples, loaded.eval_items, loss_samples, report=report, eval_examples=eval_examples,
+                      train_pairs=train_pairs)
 
 
-def write_trained(samples: list[TokenizedExample], path: Path) -> Path:
-    """One line per trained sample: where it came from (origin file:line, id), its tokens and
-    whether it was truncated, so any trained row can be traced back to the user's file."""
-    def row(s: TokenizedExample) -> dict[str, Any]:
+def write_trained(samples: list[TokenizedExample] | list[TokenizedPair], path: Path) -> Path:
+    """One line per trained sample (or pair): where it came from (origin file:line, id), its tokens
+    and whether it was truncated, so any trained row can be traced back to the user's file."""
+    def row(s: TokenizedExample | TokenizedPair) -> dict[str, Any]:
+        if isinstance(s, TokenizedPair):
+            out = {**row(s.chosen), "rejected_tokens": len(s.rejected.input_ids),
+                   "rejected_trained_tokens": s.rejected.n_trainable}
+            return out
         out = {"origin": s.origin, "source": s.source, "line": s.line, "tokens": len(s.input_ids),
                "trained_tokens": s.n_trainable}
         for key in ("id", "task"):

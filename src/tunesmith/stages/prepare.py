@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..data.samples import require_pairs
 from ..models import ModelConfig
 from .curate import CurateConfig, curate
 from .data import DataBundle, DataConfig, held_out, load, tokenize
@@ -16,10 +17,15 @@ from .select import SelectConfig, select_examples
 
 
 def prepare_data(data: DataConfig, curation: CurateConfig, selection: SelectConfig | None, model: ModelConfig,
-                 tokenizer, run_dir: Path | None) -> DataBundle:
-    """Everything data before training; raises DataError under data.on_error: fail."""
+                 tokenizer, run_dir: Path | None, objective: str = "sft") -> DataBundle:
+    """Everything data before training; raises DataError under data.on_error: fail.
+
+    objective "dpo": the rows are preference pairs (checked right after reading, before any
+    curation or selection work) and are tokenized as pairs."""
     rejects_path = run_dir / "rejects.jsonl" if run_dir is not None else None
     loaded = load(data, rejects_path)
+    if objective == "dpo":
+        require_pairs(loaded.examples)
     examples = loaded.examples
     refined: dict[str, Any] = {}
     if curation.active:
@@ -29,7 +35,8 @@ def prepare_data(data: DataConfig, curation: CurateConfig, selection: SelectConf
                                                       run_dir)
     if refined:
         refined["removed"] = len(loaded.examples) - len(examples)
-    bundle = tokenize(data, tokenizer, loaded, examples, refined.get("removed", 0), rejects_path)
+    bundle = tokenize(data, tokenizer, loaded, examples, refined.get("removed", 0), rejects_path,
+                      pairs=objective == "dpo")
     if refined:
         bundle.report["curation_and_selection"] = refined
     return bundle

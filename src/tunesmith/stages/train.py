@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 
 from .. import ui
+from ..errors import UserError
 from ..export.merge import merged_model, save_adapter, save_merged
 from ..train.checkpoint import latest_checkpoint, load_checkpoint
 from ..train.config import TrainConfig
@@ -29,24 +30,38 @@ def setup_model(model, cfg: TrainConfig):
 def fit(model, data: DataBundle, cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo,
         evaluate: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
         best: BestTracker | None = None) -> TrainResult:
-    """Train with one progress bar on rank 0 (steps, loss, tokens/s, ETA)."""
+    """Train with one progress bar on rank 0 (steps, loss, tokens/s, ETA; dpo: reward accuracy).
+
+    train.objective dpo trains on data.train_pairs (the data must have been tokenized as pairs)."""
+    dpo = cfg.objective == "dpo"
+    samples = data.train_pairs if dpo else data.train_samples
+    if dpo and samples is None:
+        raise UserError("train.objective: dpo needs the data tokenized as preference pairs (prepare_data with "
+                        "objective='dpo')")
     trainable, total = count_parameters(model)
-    n_steps = total_steps(len(data.train_samples), cfg)
+    n_steps = total_steps(len(samples), cfg)
     if info.is_main:
+        what = f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}) on {len(samples)} pairs" if dpo else \
+            f"{len(samples)} samples"
         ui.log(f"training {cfg.method}: {trainable:,} of {total:,} parameters, "
-               f"{len(data.train_samples)} samples, {n_steps} steps of {cfg.batch_size}")
+               f"{what}, {n_steps} steps of {cfg.batch_size}")
     latest = latest_checkpoint(run_dir / "checkpoints") if resume else None
     start = int(latest.name.split("-")[1]) if latest else 0
     with ExitStack() as stack:
         on_step = None
         if info.is_main:
             advance = stack.enter_context(ui.progress_bar("train", n_steps, "steps", completed=start))
-            on_step = lambda step, n, rec: advance(1, extra=f"loss {rec['loss']:.4f}  {rec['tokens_per_s']:.0f} tok/s")  # noqa: E731
-        result = train(model, data.train_samples, cfg, run_dir, resume=resume, dist_info=info, progress=on_step,
+            on_step = lambda step, n, rec: advance(1, extra=_progress_text(rec))  # noqa: E731
+        result = train(model, samples, cfg, run_dir, resume=resume, dist_info=info, progress=on_step,
                        evaluate=evaluate, eval_every=eval_every, best=best)
     if result.resumed_from and info.is_main:
         ui.log(f"resumed from step {result.resumed_from}")
     return result
+
+
+def _progress_text(rec: dict[str, Any]) -> str:
+    acc = f"  acc {rec['reward_accuracy']:.2f}" if "reward_accuracy" in rec else ""
+    return f"loss {rec['loss']:.4f}{acc}  {rec['tokens_per_s']:.0f} tok/s"
 
 
 def keep_best(model, best: BestTracker | None, keep: bool, run_dir: Path) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import Section
 from ..data.packing import MAX_TOKENS_PER_ROW
@@ -20,10 +20,45 @@ class LoraConfig(Section):
                                                                                        "or all-linear")
 
 
-class TrainConfig(Section):
-    """The training loop: method, batch, schedule, checkpoints and the training kernels."""
+class DpoConfig(Section):
+    """Preference tuning (train.objective: dpo): the loss and its strengths.
 
-    method: Literal["lora", "full"] = Field("lora", description="lora (adapter only) or full (every weight)")
+    Every loss compares the chosen and the rejected answer of a pair by their summed log-probs at
+    the answer's label positions (per-token means where the loss is length-normalised):
+      sigmoid  DPO (Rafailov et al. 2023): -logsigmoid(beta * margin), margin = (log-ratio to the
+               reference of chosen) - (that of rejected); with label_smoothing ls, conservative DPO:
+               (1 - ls) * -logsigmoid(beta * margin) + ls * -logsigmoid(-beta * margin)
+      ipo      IPO (Azar et al. 2023): (margin - 1 / (2 * beta))^2 on per-token-mean log-ratios, as TRL
+      simpo    SimPO (Meng et al. 2024): -logsigmoid(beta * (mean logp chosen - mean logp rejected) - gamma),
+               no reference model; typical beta 2.0 and gamma/beta about 0.5
+    """
+
+    loss: Literal["sigmoid", "ipo", "simpo"] = Field("sigmoid", description="sigmoid (DPO), ipo or simpo")
+    beta: float = Field(0.1, gt=0, description="strength of the preference (DPO/IPO: 0.1 is common; "
+                                               "SimPO: about 2.0)")
+    length_normalize: bool = Field(False, description="sigmoid on per-token-mean log-ratios (ipo and simpo "
+                                                      "always are)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="assumed share of flipped labels "
+                                                                   "(conservative DPO; sigmoid and simpo)")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO's target reward margin gamma")
+    sft_weight: float = Field(0.0, ge=0.0, description="weight of an added NLL term on the chosen answers "
+                                                       "(mean over their tokens in the step; 0: off)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DpoConfig":
+        if self.loss == "ipo" and self.label_smoothing:
+            raise ValueError("label_smoothing applies to the sigmoid and simpo losses, not to ipo: set it to 0")
+        return self
+
+
+class TrainConfig(Section):
+    """The training loop: method, objective, batch, schedule, checkpoints and the training kernels."""
+
+    method: Literal["lora", "full"] = Field("lora", description="what trains: lora (adapter only) or full "
+                                                                "(every weight)")
+    objective: Literal["sft", "dpo"] = Field("sft", description="sft (learn the answers) or dpo (learn "
+                                                                "preferences from chosen/rejected pairs)")
+    dpo: DpoConfig = DpoConfig()
     lora: LoraConfig = LoraConfig()
     epochs: float = Field(1.0, gt=0, description="passes over the data (a ragged last batch is dropped)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
@@ -48,6 +83,15 @@ class TrainConfig(Section):
     log_every: int = Field(1, ge=1, description="steps between metrics.jsonl lines")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars (needs tensorboard)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_is_what_trains(cls, value):
+        if isinstance(value, str) and value.lower() in ("dpo", "ipo", "simpo", "preference"):
+            raise ValueError(f"'{value}' is an objective, not a method: train.method says what is trained "
+                             f"(lora or full); write train.objective: dpo" +
+                             (f" with train.dpo.loss: {value.lower()}" if value.lower() in ("ipo", "simpo") else ""))
+        return value
 
     @model_validator(mode="after")
     def _check_micro(self) -> "TrainConfig":

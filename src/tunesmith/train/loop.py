@@ -4,7 +4,9 @@ Data order is a pure function of (seed, step): step s of epoch e takes samples
 perm_e[i*B:(i+1)*B] of a permutation seeded by seed + e. Resuming therefore needs only the step
 number, plus the model, optimizer, scheduler and RNG states that the checkpoint restores.
 Each step's loss is normalised by the number of target tokens in the whole step, so any split
-into micro-batches or ranks (4x2, 1x8, 2 ranks x 4) computes the same gradient.
+into micro-batches or ranks (4x2, 1x8, 2 ranks x 4) computes the same gradient. With
+`objective: dpo` the samples are preference pairs and the loss is the mean over the step's pairs
+(train.preference), with the same guarantees.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.chat import TokenizedExample
+from ..data.chat import TokenizedExample, TokenizedPair
 from ..data.packing import pack_rows
 from .config import TrainConfig
 from ..errors import UserError
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .loss import PackedLoss
+from .preference import PackedLogProbs, Reference, forward_backward_pairs, load_or_compute_reference, step_record
 from .schedule import build_optimizer, build_scheduler
 from .setup import load_trainable_state, trainable_state
 from .tracking import BestTracker, MetricsLog
@@ -41,6 +44,7 @@ class TrainResult:
     tokens: int = 0  # non-padding tokens processed in this invocation
     resumed_from: int | None = None
     stopped_early: bool = False
+    reference: str | None = None  # dpo: how the reference log-probs were obtained (computed, reused, ...)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
@@ -125,24 +129,36 @@ class Trainer:
     `run` (the loop), each step one `step`, checkpoints by `checkpoint`, rank-0 evaluation by
     `evaluate`.
 
-    run_dir: where checkpoints/ and metrics.jsonl go (None: keep nothing on disk).
+    samples: tokenized examples, or (cfg.objective == "dpo") tokenized preference pairs.
+    run_dir: where checkpoints/ and metrics.jsonl go (None: keep nothing on disk); dpo also keeps
+        the reference log-probs there (computed here, in setup, before any checkpoint is restored).
     evaluate, eval_every: every `eval_every` steps (and at the last step) rank 0 calls
         evaluate(step) -> {metric: value}; the values go to metrics.jsonl, and `best` (if given)
         checkpoints the step whenever its metric improves.
     """
 
-    def __init__(self, model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, run_dir: Path | None,
-                 dist_info: DistInfo | None = None, evaluate: Callable[[int], dict[str, float]] | None = None,
-                 eval_every: int = 0, best: BestTracker | None = None):
+    def __init__(self, model: nn.Module, samples: list[TokenizedExample] | list[TokenizedPair], cfg: TrainConfig,
+                 run_dir: Path | None, dist_info: DistInfo | None = None,
+                 evaluate: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
+                 best: BestTracker | None = None):
         self.model, self.samples, self.cfg, self.run_dir = model, samples, cfg, run_dir
         self.info = dist_info or init_distributed()
         self.evaluator, self.eval_every, self.best = evaluate, eval_every, best
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.n_total = total_steps(len(samples), cfg)
+        self.dpo = cfg.objective == "dpo"
+        if samples and self.dpo != isinstance(samples[0], TokenizedPair):
+            raise UserError(f"train.objective is {cfg.objective}, but the samples are "
+                            + ("single conversations: dpo trains on chosen/rejected pairs" if self.dpo else
+                               "preference pairs: set train.objective: dpo"))
+        self.reference: Reference | None = None
+        if self.dpo and cfg.dpo.loss != "simpo":  # before restore(): the weights are still the reference's
+            self.reference = load_or_compute_reference(model, samples, cfg, run_dir, self.info)
         model.train()
-        self.loss_module = PackedLoss(model, cfg.loss_chunk_size, cfg.fused_lora,
-                                      cfg.swiglu_recompute).to(self.info.device)
+        loss_cls = PackedLogProbs if self.dpo else PackedLoss
+        self.loss_module = loss_cls(model, cfg.loss_chunk_size, cfg.fused_lora,
+                                    cfg.swiglu_recompute).to(self.info.device)
         if self.info.world_size > 1:
             self.loss_module = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None)
@@ -152,7 +168,7 @@ class Trainer:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
         self.start = 0
-        self.result = TrainResult(steps=self.n_total)
+        self.result = TrainResult(steps=self.n_total, reference=self.reference.status if self.reference else None)
         self.saved: set[int] = set()
         self.log: MetricsLog | None = None
 
@@ -181,9 +197,14 @@ class Trainer:
     def step(self, step: int, t0: float) -> dict:
         """One optimizer step (1-based `step`): forward/backward over the global batch, clip, update."""
         cfg, t_step = self.cfg, time.perf_counter()
-        batch = [self.samples[i] for i in step_indices(step - 1, len(self.samples), cfg)]
-        n_targets = sum(s.n_trainable for s in batch)
-        loss_sum, n_tokens, n_rows = forward_backward(self.loss_module, self.model, batch, cfg, self.info)
+        indices = step_indices(step - 1, len(self.samples), cfg)
+        batch = [self.samples[i] for i in indices]
+        if self.dpo:
+            ref = self.reference.of(indices) if self.reference is not None else None
+            sums, n_rows = forward_backward_pairs(self.loss_module, self.model, batch, ref, cfg, self.info)
+        else:
+            loss_sum, n_tokens, n_rows = forward_backward(self.loss_module, self.model, batch, cfg, self.info)
+            sums = torch.tensor([float(loss_sum), float(n_tokens)], dtype=torch.float64)
         grad_norm = None
         if cfg.grad_clip is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(
@@ -193,14 +214,18 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        totals = all_reduce_sum(torch.tensor([float(loss_sum), float(n_tokens)], dtype=torch.float64), self.info)
-        loss = float(totals[0]) / n_targets
-        self.result.losses.append(loss)
-        self.result.tokens += int(totals[1])
+        totals = all_reduce_sum(sums, self.info)
+        if self.dpo:
+            metrics = step_record(totals, batch, cfg.dpo)
+        else:
+            n_targets = sum(s.n_trainable for s in batch)
+            metrics = {"loss": float(totals[0]) / n_targets, "tokens": int(totals[1]), "targets": n_targets}
+        self.result.losses.append(metrics["loss"])
+        self.result.tokens += metrics["tokens"]
         dt = time.perf_counter() - t_step
-        return {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(totals[1]),
-                "targets": n_targets, "samples": len(batch), "rows": n_rows,
-                "tokens_per_s": round(float(totals[1]) / dt, 1), "elapsed_s": round(time.perf_counter() - t0, 2)}
+        return {"step": step, "loss": metrics.pop("loss"), "lr": lr, "grad_norm": grad_norm, **metrics,
+                "samples": len(batch), "rows": n_rows,
+                "tokens_per_s": round(metrics["tokens"] / dt, 1), "elapsed_s": round(time.perf_counter() - t0, 2)}
 
     def checkpoint(self, step: int) -> None:
         """Save step `step` (rank 0, once per step), protecting the best checkpoint from pruning."""
@@ -252,11 +277,13 @@ class Trainer:
         return self.result
 
 
-def train(model: nn.Module, samples: list[TokenizedExample], cfg: TrainConfig, run_dir: Path | None,
+def train(model: nn.Module, samples: list[TokenizedExample] | list[TokenizedPair], cfg: TrainConfig,
+          run_dir: Path | None,
           resume: bool = False, stop_after: int | None = None, dist_info: DistInfo | None = None,
           progress: Callable | None = None, evaluate: Callable[[int], dict[str, float]] | None = None,
           eval_every: int = 0, best: BestTracker | None = None) -> TrainResult:
-    """Train `model` (already prepared: LoRA-wrapped or full) on tokenized samples.
+    """Train `model` (already prepared: LoRA-wrapped or full) on tokenized samples (or, with
+    cfg.objective "dpo", tokenized preference pairs).
 
     resume: continue from the latest complete checkpoint in run_dir/checkpoints.
     stop_after: end after this global step as an interruption would (checkpoint, then return).

@@ -34,13 +34,17 @@ class PackedLoss(nn.Module):
         self.fused_lora = fused_lora
         self.swiglu_recompute = swiglu_recompute
 
-    def forward(self, input_ids, position_ids, targets):
+    def hidden(self, input_ids, position_ids):
+        """The decoder's last hidden states of a packed row: [1, L] ids -> [1, L, H]."""
         lm = unwrap(self.model)
         # attention_mask=None + restarting position_ids + no cache -> per-sample causal attention.
         with packed_attention_enabled(lm), fused_lora_enabled(self.model, self.fused_lora), \
                 light_swiglu_enabled(self.model, self.swiglu_recompute):
-            hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                                      attention_mask=None).last_hidden_state  # [1, L, H]
+            return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                    attention_mask=None).last_hidden_state  # [1, L, H]
+
+    def forward(self, input_ids, position_ids, targets):
+        hidden = self.hidden(input_ids, position_ids)  # [1, L, H]
         keep = targets != IGNORE  # [1, L]
-        head = lm.get_output_embeddings()
+        head = unwrap(self.model).get_output_embeddings()
         return chunked_cross_entropy(hidden[keep], head.weight, head.bias, targets[keep], self.chunk_size)
