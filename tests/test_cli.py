@@ -17,6 +17,7 @@ VERB_ARGS = {
     ("chat",): ["chat"],
     ("export",): ["export", "runs/x", "--out", "o", "--to", "int8"],
     ("serve",): ["serve"],
+    ("synth",): ["synth", "--out", "o"],
 }
 
 

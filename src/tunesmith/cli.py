@@ -76,6 +76,9 @@ VERBS: tuple[Verb, ...] = (
          "'export soup A B ...' blends models", "stages.export:ExportVerbConfig", "stages.export:run_export",
          (("sources", "a run directory or model folder (after 'soup': two or more)"),),
          switches=(OUT_OVERWRITE,), many=True),
+    Verb(("synth",), "verifier-filtered synthetic data (RAFT): K samples per prompt scored by verifiers -> sft.jsonl, "
+         "pairs.jsonl, report", "stages.synth:SynthVerbConfig", "stages.synth:run_synth", switches=(OUT_OVERWRITE, (
+             "resume", "continue the synth run in --out: stored samples are reused, not generated again"))),
     Verb(("generate",), "complete prompts with a model", "stages.generate:GenerateConfig", "stages.generate:run_generate"),
     Verb(("chat",), "talk to a model in the terminal", "stages.generate:ChatConfig", "stages.generate:run_chat"),
     Verb(("serve",), "OpenAI-compatible HTTP API (chat/completions, completions, models, metrics) with keys "

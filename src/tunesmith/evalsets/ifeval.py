@@ -28,7 +28,7 @@ _TEMPLATES = (
     "Write a letter to a friend about {t}.", "List the pros and cons of {t}.",
     "Write a product description for {t}.", "Summarize what people should know about {t}.",
 )
-_TOPICS = (
+TOPICS = (  # the eval items' topics
     "a rainy day in the city", "learning to play the guitar", "the life cycle of a butterfly",
     "a new smartphone", "public libraries", "remote work", "a trip to the mountains", "composting at home",
     "the first day at a new school", "electric bicycles", "a small coffee shop", "the moon landing",
@@ -85,12 +85,14 @@ def _describe(registry, instruction_id: str, kwargs: dict[str, Any], seed: str) 
         return checker.build_description(**kwargs)
 
 
-def ifeval_items(n: int, seed: int = 0, instruction_ids: Sequence[str] | None = None,
-                 max_instructions: int = 3) -> list[dict[str, Any]]:
+def ifeval_items(n: int, seed: int | str = 0, instruction_ids: Sequence[str] | None = None,
+                 max_instructions: int = 3, *, topics: Sequence[str] = TOPICS) -> list[dict[str, Any]]:
     """`n` IFEval-style items (key, prompt, instruction_id_list, kwargs), deterministic in `seed`.
 
     `instruction_ids` restricts the pool (default: every id in `SUPPORTED`); each item gets 1 to
-    `max_instructions` mutually compatible instructions.
+    `max_instructions` mutually compatible instructions. `topics` are what the base requests are
+    about (default: the eval items' own `TOPICS`; synthetic training prompts pass a disjoint list,
+    so that no training prompt can equal an eval item).
     """
     if n < 0:
         raise UserError(f"n must be >= 0, got {n}")
@@ -105,7 +107,7 @@ def ifeval_items(n: int, seed: int = 0, instruction_ids: Sequence[str] | None = 
     rng = random.Random(seed)
     items = []
     for i in range(n):
-        base = rng.choice(_TEMPLATES).format(t=rng.choice(_TOPICS))
+        base = rng.choice(_TEMPLATES).format(t=rng.choice(topics))
         want = rng.randint(1, min(max_instructions, len(pool)))
         chosen: list[str] = []
         candidates = list(pool)

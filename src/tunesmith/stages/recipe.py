@@ -2,6 +2,7 @@
 
     model:   models.ModelConfig        data:    stages.data.DataConfig
     curate:  stages.curate.CurateConfig     select:  stages.select.SelectConfig (optional)
+    synth:   stages.synth.SynthSection (optional: synthetic data made first, into RUN/synth)
     train:   train.config.TrainConfig  eval:    stages.evaluate.EvalConfig
     export:  stages.export.ExportOptions   output:  OutputConfig
 
@@ -25,6 +26,7 @@ from .data import DataConfig
 from .evaluate import EvalConfig
 from .export import ExportOptions
 from .select import SelectConfig
+from .synth import SynthSection
 
 MOVED = {"data.curate": "curate", "data.select": "select"}  # keys that became sections of their own
 
@@ -43,6 +45,8 @@ class Recipe(Section):
     data: DataConfig = DataConfig()
     curate: CurateConfig = CurateConfig()
     select: SelectConfig | None = Field(None, description="data selection (absent: train on the whole pool)")
+    synth: SynthSection | None = Field(None, description="verifier-filtered synthetic data made first into "
+                                                         "RUN/synth; its output joins data.train (absent: none)")
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportOptions = ExportOptions()
@@ -50,8 +54,9 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _need_data(self) -> "Recipe":
-        if not self.data.train and (self.data.tasks is None or self.data.tasks.n_train == 0):
-            raise ValueError("no training data: set data.train (files) and/or data.tasks (generated)")
+        synth = self.synth is not None and self.synth.feed != "none"
+        if not self.data.train and (self.data.tasks is None or self.data.tasks.n_train == 0) and not synth:
+            raise ValueError("no training data: set data.train (files), data.tasks (generated) and/or synth")
         return self
 
     @model_validator(mode="after")
@@ -97,6 +102,8 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
             decontam.eval_files = _relative_to_recipe(decontam.eval_files, base)
         if recipe.select is not None:
             recipe.select.target = _relative_to_recipe(recipe.select.target, base)
+        if recipe.synth is not None:
+            recipe.synth.prompts = _relative_to_recipe(recipe.synth.prompts, base)
     return recipe
 
 

@@ -35,6 +35,7 @@ from .export import Evaluator, export_steps
 from .outputs import out_dir, prepare_out
 from .prepare import prepare_data
 from .recipe import Recipe, dump_recipe
+from .synth import with_synth_data
 from .train import fit, keep_best, save, setup_model
 
 
@@ -54,7 +55,7 @@ def guard_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def _data(recipe: Recipe, tokenizer, run_dir: Path | None, info: DistInfo) -> DataBundle:
     data = prepare_data(recipe.data, recipe.curate, recipe.select, recipe.model, tokenizer,
-                        run_dir if info.is_main else None)
+                        run_dir if info.is_main else None, objective=recipe.train.objective)
     if info.is_main:
         print_data_report(data.report)
         if run_dir is not None:
@@ -81,6 +82,8 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
         out_dir(run_dir, "output.dir")
         write_text(run_dir / "config.yaml", dump_recipe(recipe))
         ui.log(f"[bold]tunesmith run[/] -> {run_dir}" + (f" ({info.world_size} ranks)" if info.world_size > 1 else ""))
+    if recipe.synth is not None:  # synthetic data first, into RUN/synth; its output joins data.train
+        recipe = with_synth_data(recipe, run_dir, info.world_size)
 
     tokenizer = load_tokenizer(recipe.model.name, log=ui.log)
     data = _data(recipe, tokenizer, run_dir, info)
@@ -107,7 +110,8 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
     if do_eval and recipe.eval.after:
         evals["after"] = evaluate(model, tokenizer, recipe.eval.suites, ctx, "tuned", run_dir / "eval" / "after")
 
-    about = {"model": recipe.model.name, "method": tcfg.method, "run_dir": recipe.output.dir}
+    method = tcfg.method if tcfg.objective == "sft" else f"{tcfg.method}, dpo ({tcfg.dpo.loss})"
+    about = {"model": recipe.model.name, "method": method, "run_dir": recipe.output.dir}
     summary = build_summary(about, data.report, result, evals, adapter_dir, model_dir, time.perf_counter() - t_start)
     summary["checkpoint_kept"] = kept
     write_json(run_dir / "summary.json", summary)
