@@ -77,7 +77,7 @@ def test_truncation_policies_are_counted(smol_tokenizer):
     assert [(r.line, r.reason.split(":")[0]) for r in rejects] == [(1, "no_trainable_tokens")]
     kept, rejects, stats = tokenize_examples(smol_tokenizer, exs, 40, "drop")
     assert stats.dropped_overlong == 1 and [(r.line, r.reason.split(":")[0]) for r in rejects] == [(1, "overlong")]
-    with pytest.raises(DataError, match=r"f\.jsonl:1: \d+ tokens is over data\.max_seq_len=40"):
+    with pytest.raises(DataError, match=r"f\.jsonl:1: the row has \d+ tokens, over data\.max_seq_len=40"):
         tokenize_examples(smol_tokenizer, exs, 40, "fail")
     kept, rejects, stats = tokenize_examples(smol_tokenizer, [Example(short, "f", 1)], 512, "truncate")
     assert stats.trainable_tokens == 2 and 0 < stats.to_json()["trainable_share"] < 0.1

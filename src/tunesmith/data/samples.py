@@ -199,18 +199,27 @@ def tokenize_pairs(tokenizer, examples: list[Example], max_seq_len: int, overlon
     return pairs, rejects, stats
 
 
+def _refuse_overlong(ex: Example, what: str, length: int, max_seq_len: int, overlong: str,
+                     stats: TokenizeStats) -> Reject | None:
+    """data.overlong for a row or pair over max_seq_len: fail raises, drop rejects, truncate returns None."""
+    if overlong == "fail":
+        raise DataError(f"{ex.where()}: {what} {length} tokens, over data.max_seq_len={max_seq_len}; raise it or "
+                        "set data.overlong: truncate | drop")
+    if overlong == "drop":
+        stats.dropped_overlong += 1
+        return _reject(ex, f"overlong: {length} tokens > max_seq_len {max_seq_len}")
+    return None
+
+
 def _pair(ex: Example, chosen: TokenizedExample, rejected: TokenizedExample, max_seq_len: int, overlong: str,
           stats: TokenizeStats) -> tuple[TokenizedPair | None, Reject | None]:
     """The pair under the overlong policy, or why it cannot teach a preference."""
     longest = max(len(chosen.input_ids), len(rejected.input_ids))
     cut = ""
     if longest > max_seq_len:
-        if overlong == "fail":
-            raise DataError(f"{ex.where()}: the pair has {longest} tokens, over data.max_seq_len={max_seq_len}; "
-                            "raise it or set data.overlong: truncate | drop")
-        if overlong == "drop":
-            stats.dropped_overlong += 1
-            return None, _reject(ex, f"overlong: {longest} tokens > max_seq_len {max_seq_len}")
+        refused = _refuse_overlong(ex, "the pair has", longest, max_seq_len, overlong, stats)
+        if refused is not None:
+            return None, refused
         meta = {**ex.meta, "truncation": {"turns_dropped": 0, "cut_end": True}}
         chosen, rejected = (TokenizedExample(s.input_ids[:max_seq_len], s.labels[:max_seq_len], s.source, s.line,
                                              meta, truncated=True) for s in (chosen, rejected))
@@ -243,12 +252,9 @@ def _one(tokenizer, ex: Example, max_seq_len: int, overlong: str, train_on: str,
     stats.template_checked += 1
     meta = ex.meta
     if len(ids) > max_seq_len:
-        if overlong == "fail":
-            raise DataError(f"{ex.where()}: {len(ids)} tokens is over data.max_seq_len={max_seq_len}; raise it or "
-                            "set data.overlong: truncate | drop")
-        if overlong == "drop":
-            stats.dropped_overlong += 1
-            return None, _reject(ex, f"overlong: {len(ids)} tokens > max_seq_len {max_seq_len}")
+        refused = _refuse_overlong(ex, "the row has", len(ids), max_seq_len, overlong, stats)
+        if refused is not None:
+            return None, refused
         ids, labels, dropped, cut = _fit(tokenizer, ex, messages, max_seq_len, eot, train_on)
         stats.truncated += 1
         stats.turns_dropped += dropped
