@@ -34,28 +34,16 @@ def lively_llama(vocab: int = 97, seed: int = 0):
 
 
 def count_forwards(model):
-    """Wrap model.forward; returns the list of input shapes it was called with."""
+    """Record the input shape of every forward (prefill or decode step, whichever path runs it) as
+    the token-embedding lookup sees it; returns the list."""
     calls: list[tuple[int, int]] = []
-    inner = model.forward
-
-    @functools.wraps(inner)
-    def forward(*args, **kwargs):
-        calls.append(tuple(kwargs["input_ids"].shape))
-        return inner(*args, **kwargs)
-
-    model.forward = forward
+    model.model.embed_tokens.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
     return calls
 
 
 def slow_forwards(model, seconds: float):
-    inner = model.forward
-
-    @functools.wraps(inner)
-    def forward(*args, **kwargs):
-        time.sleep(seconds)
-        return inner(*args, **kwargs)
-
-    model.forward = forward
+    """Make every forward (prefill or decode step) take `seconds` longer."""
+    model.model.embed_tokens.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
 
 
 PROMPTS = [[5, 17, 3, 88, 41, 9], [60, 2], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [70, 71, 72, 73],
@@ -87,6 +75,45 @@ def test_continuous_batching_matches_one_by_one_generation():
     assert engine.stats().sequences == 0 and engine._cache is None  # nothing left behind
 
 
+def test_joining_prompts_share_one_packed_prefill_and_get_their_own_tokens():
+    model = lively_llama()
+    engine = Engine(model, None, max_batch=4, stop_token_ids=set())
+    calls = count_forwards(model)
+    got = engine.generate(PROMPTS[:4], SamplingParams(max_tokens=5))
+    assert calls[0] == (1, sum(len(p) for p in PROMPTS[:4]))  # one forward for the four prompts
+    assert all(c == (4, 1) for c in calls[1:]) and len(calls) == 5  # then 4 decode steps of 4 rows
+    assert [g[0].token_ids for g in got] == [reference_greedy(model, p, 5) for p in PROMPTS[:4]]
+
+
+def test_a_prompt_that_fails_its_packed_prefill_fails_alone():
+    """A forward that raises on one prompt's token: the packed prefill fails, each prompt is tried
+    alone, and only that request ends in error."""
+    model = lively_llama()
+    engine = Engine(model, None, max_batch=4, stop_token_ids=set())
+
+    def poison(module, args):
+        if args[0].shape[1] > 1 and (args[0] == 96).any():  # prefills only
+            raise RuntimeError("token 96")
+
+    model.model.embed_tokens.register_forward_pre_hook(poison)
+    handles = [engine.submit(p, SamplingParams(max_tokens=3)) for p in (PROMPTS[0], [96, 5], PROMPTS[3])]
+    while not all(h.done.is_set() for h in handles):
+        engine._step()
+    assert str(handles[1].error) == "token 96" and handles[1].completions()[0].finish_reason == "error"
+    assert [handles[i].completions()[0].token_ids for i in (0, 2)] == \
+        [reference_greedy(lively_llama(), p, 3) for p in (PROMPTS[0], PROMPTS[3])]
+    assert handles[0].error is None and engine.stats().running == 0
+
+
+def test_prefill_groups_keep_order_and_the_token_budget():
+    from types import SimpleNamespace
+
+    from tunesmith.generation.engine import prefill_groups
+    handles = [SimpleNamespace(prompt_tokens=n) for n in (5, 6, 20, 3, 3, 30)]
+    groups = prefill_groups(handles, 12)
+    assert [[h.prompt_tokens for h in g] for g in groups] == [[5, 6], [20], [3, 3], [30]]
+
+
 def test_a_quantized_export_generates_like_model_generate(tmp_path):
     """Quantized exports load as plain fp32 transformers modules; the engine runs them as any other."""
     from tunesmith import qformat
@@ -111,6 +138,23 @@ def test_n_completions_share_one_prefill():
     assert len(completions) == 3
     assert completions[0].token_ids == completions[1].token_ids == completions[2].token_ids
     assert completions[0].token_ids == reference_greedy(model, PROMPTS[0], 5)
+
+
+def test_llama_models_decode_through_the_written_out_step_and_others_through_forward():
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.generation.llama_step import LlamaStep
+    model = lively_llama()
+    engine = Engine(model, None, stop_token_ids=set())
+    assert engine.runner.llama_step is not None
+    forwards = []
+    model.forward = functools.wraps(model.forward)(lambda *a, _f=model.forward, **k: forwards.append(1) or _f(*a, **k))
+    [[greedy]] = engine.generate([PROMPTS[2]], SamplingParams(max_tokens=6))
+    assert len(forwards) == 1  # the prefill; the 5 decode steps never entered model.forward
+    assert greedy.token_ids == reference_greedy(lively_llama(), PROMPTS[2], 6)
+    peft = get_peft_model(lively_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert not LlamaStep.supports(peft) and not LlamaStep.supports(peft.base_model.model)
+    assert Engine(peft, None, stop_token_ids=set()).runner.llama_step is None
 
 
 def test_seeded_sampling_is_independent_of_the_batch():
@@ -224,16 +268,14 @@ def test_shutdown_lets_short_requests_finish_and_cancels_the_rest():
 def test_a_failing_forward_ends_requests_with_error_and_the_engine_goes_on():
     model = lively_llama()
     engine = Engine(model, None, stop_token_ids=set())
-    inner, calls = model.forward, []
+    calls = []
 
-    @functools.wraps(inner)
-    def flaky(*args, **kwargs):
+    def flaky(module, args):  # the third forward (a decode step) fails
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("boom")
-        return inner(*args, **kwargs)
 
-    model.forward = flaky
+    model.model.embed_tokens.register_forward_pre_hook(flaky)
     with pytest.raises(RuntimeError, match="boom"):
         engine.generate([PROMPTS[0]], SamplingParams(max_tokens=5))
     handle = engine.submit(PROMPTS[1], SamplingParams(max_tokens=3))

@@ -2,8 +2,9 @@
 
 Each step, in one thread (the engine's own after `start()`, else the caller of `generate`):
   1. completions of cancelled requests end ("cancelled");
-  2. queued requests are admitted while the batch has rows for all their `n` completions; each is
-     prefilled alone (one forward on its prompt, whatever its `n`) and its first tokens are sampled;
+  2. queued requests are admitted while the batch has rows for all their `n` completions; their
+     prompts are prefilled together, packed into one unpadded row (one forward per PREFILL_TOKENS;
+     a prompt once, whatever its `n`), and their first tokens are sampled;
   3. rows that ended leave their KV slots, and joined rows' prefill caches are copied into free
      slots, once per completion (kv.SlotCache: nothing else in the cache moves);
   4. one decode forward for every row; each row's token goes to its completion (sequence.py).
@@ -20,20 +21,32 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
 from ..data.chat import end_of_turn_ids
 from .handle import EngineClosed, QueueFull, RequestHandle
-from .kv import SlotCache
+from .kv import PromptKV, SlotCache
 from .requests import Completion, Finish, SamplingParams
 from .runner import ModelRunner
 from .sampling import choose
 from .sequence import Sequence
 
-if TYPE_CHECKING:
-    from transformers.cache_utils import DynamicCache
+PREFILL_TOKENS = 2048  # prompt tokens packed into one prefill forward at most (a longer prompt goes alone)
+
+
+def prefill_groups(handles: list[RequestHandle], budget: int) -> list[list[RequestHandle]]:
+    """Consecutive groups of requests whose prompts fit `budget` tokens together (in arrival order)."""
+    groups: list[list[RequestHandle]] = []
+    used = budget
+    for handle in handles:
+        if used + handle.prompt_tokens > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(handle)
+        used += handle.prompt_tokens
+    return groups
 
 
 @dataclass
@@ -232,14 +245,14 @@ class Engine:
             if seq.handle.cancelled:
                 seq.finish("cancelled")
         self._leave()
-        for handle in self._admit():
-            seqs, cache = self._prefill(handle)
-            for seq in seqs:
-                if seq.finished is None:
-                    if self._cache is None:
-                        self._cache = SlotCache(cache, self.max_batch)
-                    self._cache.add(cache)
-                    self._seqs.append(seq)
+        for group in prefill_groups(self._admit(), PREFILL_TOKENS):
+            for seqs, kv in self._prefill(group):
+                for seq in seqs:
+                    if seq.finished is None:
+                        if self._cache is None:
+                            self._cache = SlotCache(kv.cache, self.max_batch)
+                        self._cache.add(kv)
+                        self._seqs.append(seq)
         if self._seqs:
             self._decode()
         with self._cv:
@@ -256,25 +269,44 @@ class Engine:
                 self._seqs.pop()
         self._retire(ended)
 
-    def _prefill(self, handle: RequestHandle) -> tuple[list[Sequence], "DynamicCache | None"]:
-        seqs = [Sequence(handle, i, self.tokenizer, self.stop_ids, self.runner.max_len)
-                for i in range(handle.params.n)]
+    def _prefill(self, handles: list[RequestHandle]) -> list[tuple[list[Sequence], PromptKV | None]]:
+        """One packed forward for the prompts of `handles`; sample each completion's first token.
+        If the forward fails, each prompt is tried alone, so that only a bad request ends in error."""
         try:
-            logits, cache = self.runner.prefill(handle.prompt_ids)  # [1, V]
-            choices = choose(logits.expand(len(seqs), -1), [s.sampler for s in seqs])
+            logits, kvs = self.runner.prefill([h.prompt_ids for h in handles])  # [k, V]
         except Exception as exc:  # a bad request must not take the engine down
-            handle.error = exc
-            for s in seqs:
-                s.finish("error")
+            if len(handles) > 1:
+                return [done for h in handles for done in self._prefill([h])]
+            return [(self._fail_request(handles[0], exc), None)]
+        out = []
+        for j, (handle, kv) in enumerate(zip(handles, kvs)):
+            seqs = [Sequence(handle, i, self.tokenizer, self.stop_ids, self.runner.max_len)
+                    for i in range(handle.params.n)]
+            try:
+                choices = choose(logits[j:j + 1].expand(len(seqs), -1), [s.sampler for s in seqs])
+            except Exception as exc:
+                out.append((self._fail_request(handle, exc, seqs), None))
+                continue
+            for s, c in zip(seqs, choices):
+                s.advance(c)
+            with self._cv:
+                self._counts["prompt_tokens"] += handle.prompt_tokens
+                self._counts["generated_tokens"] += len(seqs)
             self._retire(seqs)
-            return seqs, None
-        for s, c in zip(seqs, choices):
-            s.advance(c)
-        with self._cv:
-            self._counts["prompt_tokens"] += handle.prompt_tokens
-            self._counts["generated_tokens"] += len(seqs)
+            out.append((seqs, kv))
+        return out
+
+    def _fail_request(self, handle: RequestHandle, exc: Exception,
+                      seqs: list[Sequence] | None = None) -> list[Sequence]:
+        """End every completion of one request with "error" (the request's `error` says why)."""
+        if seqs is None:
+            seqs = [Sequence(handle, i, self.tokenizer, self.stop_ids, self.runner.max_len)
+                    for i in range(handle.params.n)]
+        handle.error = exc
+        for s in seqs:
+            s.finish("error")
         self._retire(seqs)
-        return seqs, cache
+        return seqs
 
     def _decode(self) -> None:
         tokens = torch.tensor([s.last for s in self._seqs], dtype=torch.long, device=self.runner.device)

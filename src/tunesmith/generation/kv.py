@@ -17,6 +17,8 @@ The caches are transformers `Cache`s, so any causal LM's forward takes them as `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
@@ -24,8 +26,17 @@ GROW = 64  # spare columns allocated at a time, so the buffers are reallocated e
 
 
 def prefill_cache() -> DynamicCache:
-    """The cache one prompt's prefill fills (one row, its length columns)."""
+    """The cache a prefill fills (one row: the prompts' columns one after another)."""
     return DynamicCache()
+
+
+@dataclass(frozen=True)
+class PromptKV:
+    """One prompt's keys and values: columns [start, start + length) of a prefill cache."""
+
+    cache: DynamicCache
+    start: int
+    length: int
 
 
 class SlotLayer(DynamicLayer):
@@ -39,7 +50,9 @@ class SlotLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one new column per live row (key_states [n, H, 1, D]) at column lens[r]; return
-        the live rows' keys and values over columns [0, W): [n, H, W, D]."""
+        the live rows' keys and values over all columns: [n, H, capacity, D]. Whole slots are
+        contiguous, so attention reads them in place; the step's mask hides every column at or
+        past a row's length + 1 (at most a quarter of them, see _ensure)."""
         owner = self.owner
         n = key_states.shape[0]
         if key_states.shape[-2] != 1 or n != owner.n:
@@ -49,14 +62,13 @@ class SlotLayer(DynamicLayer):
         rows, cols = owner.row_ids[:n], owner.lens[:n]
         k_buf[rows, :, cols] = key_states[:, :, 0]  # [n, H, D] scattered to each row's own column
         v_buf[rows, :, cols] = value_states[:, :, 0]
-        width = owner.width + 1
-        return k_buf[:n, :, :width], v_buf[:n, :, :width]
+        return k_buf[:n], v_buf[:n]
 
     def get_seq_length(self) -> int:
         return self.owner.width
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.owner.width + query_length, 0
+        return self.owner.capacity, 0
 
     def get_max_length(self) -> int:
         return -1
@@ -66,6 +78,7 @@ class SlotCache(Cache):
     """KV slots for up to `slots` rows; `n` are live; `lens[r]` = tokens cached for row r."""
 
     def __init__(self, template: DynamicCache, slots: int):
+        """template: a prefill cache (its layers' head counts, head sizes, dtype and device)."""
         layers = template.layers
         first = layers[0].keys  # [1, H, L, D]
         self.device, self.dtype = first.device, first.dtype
@@ -88,16 +101,16 @@ class SlotCache(Cache):
         """Tokens cached for each live row: [n]."""
         return self.lens[:self.n]
 
-    def add(self, prefill: DynamicCache) -> int:
-        """Copy a one-row prefill cache into the next free slot; return the slot."""
+    def add(self, prompt: PromptKV) -> int:
+        """Copy one prompt's keys and values into the next free slot; return the slot."""
         if self.n >= self.slots:
             raise RuntimeError(f"all {self.slots} slots are in use")
-        length = prefill.layers[0].keys.shape[-2]
+        start, length = prompt.start, prompt.length
         self._ensure(length + 1)
         slot = self.n
-        for i, layer in enumerate(prefill.layers):
-            self.keys[i][slot, :, :length] = layer.keys[0]  # [H, L, D]
-            self.values[i][slot, :, :length] = layer.values[0]
+        for i, layer in enumerate(prompt.cache.layers):
+            self.keys[i][slot, :, :length] = layer.keys[0, :, start:start + length]  # [H, L, D]
+            self.values[i][slot, :, :length] = layer.values[0, :, start:start + length]
         self.lens[slot] = length
         self._lens_host[slot] = length
         self.n += 1

@@ -1,5 +1,6 @@
-"""The two forwards the engine runs: a prompt's prefill (alone, unpadded) and one decode step of all
-live rows of the slot cache, with an explicit attention mask and position ids.
+"""The two forwards the engine runs: the prefill of the prompts that join (packed into one unpadded
+row) and one decode step of all live rows of the slot cache, with an explicit attention mask and
+position ids.
 
 Position ids count each row's real tokens (what `model.generate` computes from a left-padded
 attention mask), so a row's numbers do not depend on the other rows of the batch.
@@ -8,12 +9,17 @@ attention mask), so a row's numbers do not depend on the other rows of the batch
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import torch
 
 from transformers.cache_utils import DynamicCache
 
-from .kv import SlotCache, prefill_cache
+from ..kernels.attention import packed_attention_enabled
+from ..kernels.decode_attention import decode_attention_enabled
+from ..kernels.unwrap import unwrap
+from .kv import PromptKV, SlotCache, prefill_cache
+from .llama_step import LlamaStep
 
 
 class UnsupportedModel(ValueError):
@@ -36,29 +42,51 @@ class ModelRunner:
             raise UnsupportedModel(f"the generation engine handles full-attention layers only; this model has "
                                    f"{sorted(kinds)} layers")
         self.forwards = 0  # forward calls so far (prefills and decode steps)
+        # Llama-architecture models decode through the written-out step (same ops, less overhead)
+        self.llama_step = LlamaStep(model) if LlamaStep.supports(model) else None
 
-    def prefill(self, prompt: list[int]) -> tuple[torch.Tensor, DynamicCache]:
-        """Run one prompt [1, L]; return its last logits [1, V] and its one-row cache."""
-        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)  # [1, L]
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[PromptKV]]:
+        """Run prompts packed in one row [1, sum L]: positions restart at 0 for each and attention
+        never crosses from one prompt to another (kernels.attention's per-sample causal attention),
+        so each prompt gets the numbers it would get alone, with one pass over the weights for all.
+        Returns each prompt's last logits [k, V] and its keys and values."""
+        ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=self.device)  # [1, L]
+        positions = torch.cat([torch.arange(len(p), device=self.device) for p in prompts])[None, :]  # [1, L]
+        ends = list(itertools.accumulate(len(p) for p in prompts))
+        last = torch.tensor(ends, device=self.device) - 1  # [k]: each prompt's last position
         cache = prefill_cache()
-        positions = torch.arange(len(prompt), device=self.device)[None, :]  # [1, L]
-        return self._forward(ids, torch.ones_like(ids), positions, cache), cache
+        if len(prompts) == 1:
+            logits = self._forward(ids, torch.ones_like(ids), positions, cache)
+        else:
+            with packed_attention_enabled(unwrap(self.model)):
+                logits = self._forward(ids, None, positions, cache, keep=last)
+        kvs = [PromptKV(cache, end - len(p), len(p)) for p, end in zip(prompts, ends)]
+        return logits, kvs
 
     def decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """Feed each live row's last token (tokens [n]); return logits [n, V]. Every row gains a column."""
         cache.before_step()
+        if self.llama_step is not None:
+            self.forwards += 1
+            logits = self.llama_step(tokens, cache)
+            cache.after_step()
+            return logits
         lens = cache.row_lengths()  # [n]: real tokens before this one
-        cols = torch.arange(cache.width + 1, device=self.device)  # [W]
-        mask = (cols[None, :] <= lens[:, None]).long()  # [n, W]: a row's own columns and the new one
-        logits = self._forward(tokens[:, None], mask, lens[:, None], cache)
+        cols = torch.arange(cache.capacity, device=self.device)  # [C]: every column of the slots
+        mask = (cols[None, :] <= lens[:, None]).long()  # [n, C]: a row's own columns and the new one
+        with decode_attention_enabled(self.model):
+            logits = self._forward(tokens[:, None], mask, lens[:, None], cache)
         cache.after_step()
         return logits
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
+                 cache, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, V] at each row's last position, or [k, V] at positions `keep` of a packed row."""
         kwargs = {self.cache_kw: cache, "use_cache": True}
         if self.keep_last:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = 1 if keep is None else keep
         self.forwards += 1
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
-        return out.logits[:, -1, :].float()  # [B, V]
+        if keep is None:
+            return out.logits[:, -1, :].float()  # [B, V]
+        return (out.logits[0] if self.keep_last else out.logits[0, keep]).float()  # [k, V]
