@@ -20,7 +20,7 @@ from tunesmith.select.features import ScoringContext, compute_cached
 from tunesmith.select.ifd import ifd_select
 from tunesmith.select.kmeans import cluster_proportional_select, kmeans
 from tunesmith.select.rds import round_robin_select
-from tunesmith.select.run import parse_chain, select
+from tunesmith.select.run import SelectOptions, pair_ifd, parse_chain, select, write_selection
 from tunesmith.select.simple import proportional_allocation, stratified_select
 from tunesmith.select.store import FeatureStore, merge_shards, shard_path
 
@@ -247,10 +247,13 @@ def test_rds_ifd_and_kmeans_run_on_a_model_and_share_cached_features(tmp_path, s
     assert len(set(rds.indices.tolist())) == 13
     assert rds.indices[0] == 25  # the copy of a target has cosine 1: its set picks it first
     assert abs(rds.scores["rds"][25] - 1.0) < 1e-5
-    ifd = select(pool, parse_chain("ifd", "5"), targets, ctx=ctx)
+    plain = SelectOptions(ifd_filter="none")
+    ifd = select(pool, parse_chain("ifd", "5"), targets, plain, ctx=ctx)
     assert np.all(np.isfinite(ifd.scores["ifd"])) and len(ifd.indices) == 5
-    chained = select(pool, parse_chain("ifd:50%,kmeans", "4"), targets, ctx=ctx)
+    chained = select(pool, parse_chain("ifd:50%,kmeans", "4"), targets, plain, ctx=ctx)
     assert [s["kept"] for s in chained.steps] == [13, 4]
+    paired = select(pool, parse_chain("ifd:50%,kmeans", "4"), targets, ctx=ctx)  # the default: loss filter first
+    assert [(s["method"], s["kept"]) for s in paired.steps] == [("loss", 19), ("ifd", 10), ("kmeans", 4)]
     assert set(chained.indices.tolist()) <= set(np.argsort(-np.where(ifd.scores["ifd"] < 1, ifd.scores["ifd"], -1))[:13])
     with FeatureStore(tmp_path / "forward.sqlite") as st:
         # one forward pass per distinct example feeds both RDS+ and IFD (the target copy is stored once)
@@ -336,3 +339,79 @@ def test_feature_store_survives_many_processes_creating_it_at_once(tmp_path):
         with FeatureStore(path) as store:
             got = store.get_many([f"rank{r}" for r in range(6)])
         assert sorted(float(v[0]) for v in got.values()) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def _pool_with_wrong_answers(every: int = 5):
+    """30 task rows of three types whose answers the base model predicts well; every 5th answer wrong."""
+    import random
+
+    from tunesmith.data.tasks import generate_tasks
+    from tunesmith.testing.fault_pool import wrong_answer
+
+    items = generate_tasks(30, seed=7, task_types=["uppercase", "extract_email", "json_object"])
+    rng = random.Random(0)
+    pool = []
+    for i, it in enumerate(items):
+        bad = i % every == every - 1
+        answer = wrong_answer(it, rng, [x.answer for x in items if x.task == it.task]) if bad else it.answer
+        pool.append(Example([{"role": "user", "content": it.prompt}, {"role": "assistant", "content": answer}],
+                            meta={"task": it.task, "bad": bad}))
+    return pool
+
+
+def test_ifd_runs_after_a_loss_filter_by_default_and_the_report_says_so(tmp_path, smol_model, smol_tokenizer):
+    pool = _pool_with_wrong_answers()
+    bad = {i for i, e in enumerate(pool) if e.meta["bad"]}
+    ctx = ScoringContext(smol_model, smol_tokenizer, "smol", cache_dir=tmp_path / "cache", show_progress=False)
+
+    plain = select(pool, parse_chain("ifd", "6"), [], SelectOptions(ifd_filter="none"), ctx)
+    assert [s["method"] for s in plain.steps] == ["ifd"]
+    assert len(bad & set(plain.indices.tolist())) >= 3  # plain ifd: wrong answers are "difficult"
+
+    sel = select(pool, parse_chain("ifd", "6"), [], SelectOptions(), ctx)  # the default pairing
+    assert [(s["method"], s["input"], s["kept"]) for s in sel.steps] == [("loss", 30, 21), ("ifd", 21, 6)]
+    assert sel.steps[0]["paired_with"] == "ifd" and sel.steps[0]["by"] == "task"
+    seen_by_ifd = set(np.flatnonzero(np.isfinite(sel.scores["ifd"])).tolist())
+    assert not bad & seen_by_ifd  # the filter dropped every wrong answer before ifd ranked
+    assert len(sel.indices) == 6 and not bad & set(sel.indices.tolist())
+
+    report = write_selection(tmp_path / "paired", pool, sel)
+    on_disk = json.loads((tmp_path / "paired" / "selection_report.json").read_text())
+    assert on_disk == report
+    note = on_disk["ifd_quality_filter"]
+    assert note["paired"] and note["filter"] == "loss:70%" and note["removed"] == 9 and "none" in note["turn_off"]
+    write_selection(tmp_path / "plain", pool, plain)
+    note = json.loads((tmp_path / "plain" / "selection_report.json").read_text())["ifd_quality_filter"]
+    assert not note["paired"] and note["filter"] == "none" and "wrong" in note["warning"]
+
+
+def test_ifd_pairing_chain_rules():
+    assert pair_ifd([("ifd", "10%")], "loss:70%") == [("loss", "70%", True), ("ifd", "10%", False)]
+    assert pair_ifd([("ifd", "10%")], "none") == [("ifd", "10%", False)]
+    assert pair_ifd([("loss", "50%"), ("ifd", "10%")], "loss:70%") == [("loss", "50%", False), ("ifd", "10%", False)]
+    assert pair_ifd([("ifd", "50%"), ("rds", "10%")], "loss:80%")[0] == ("loss", "80%", True)
+    assert pair_ifd([("rds", "10%")], "loss:70%") == [("rds", "10%", False)]
+    for bad in ("loss", "verifier:50%", "loss:150%"):
+        with pytest.raises(UsageError, match="ifd_filter|budget"):
+            pair_ifd([("ifd", "10%")], bad)
+
+
+def test_loss_filter_ranks_within_strata():
+    from tunesmith.select.quality import loss_select
+
+    loss = np.array([5.0, 6.0, 7.0, 8.0, 0.1, 0.2, 0.3, 9.0, np.nan])
+    strata = ["hard"] * 4 + ["easy"] * 4 + ["easy"]
+    # a global cut would keep only easy rows; within strata each keeps its lowest half
+    assert sorted(loss_select(loss, strata, 4).tolist()) == [0, 1, 4, 5]
+    assert loss_select(loss, strata, 9)[-1] == 8  # no response tokens: last
+
+
+def test_select_cli_refuses_a_bad_ifd_filter_before_loading_a_model(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps({"messages": ex.messages}) + "\n" for ex in generate_examples(5, seed=4)))
+    rc = main(["data", "select", str(data), "--method", "ifd", "--budget", "2", "--out", str(tmp_path / "o"),
+               "--ifd-filter", "verifier:50%"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ifd_filter 'verifier:50%'" in err and "Traceback" not in err
