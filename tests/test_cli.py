@@ -16,6 +16,7 @@ VERB_ARGS = {
     ("generate",): ["generate", "--prompt", "hi"],
     ("chat",): ["chat"],
     ("export",): ["export", "runs/x", "--out", "o", "--to", "int8"],
+    ("compare",): ["compare", "runs/a", "runs/b"],
     ("serve",): ["serve"],
     ("synth",): ["synth", "--out", "o"],
 }

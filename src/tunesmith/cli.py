@@ -64,7 +64,7 @@ VERBS: tuple[Verb, ...] = (
     Verb(("data", "decontaminate"), "drop rows whose user turns overlap eval prompts (word n-grams)",
          "stages.curate:DecontamVerbConfig", "stages.curate:run_decontaminate", (("data", "file, folder or glob"),),
          switches=(OUT_OVERWRITE,)),
-    Verb(("data", "select"), "choose the examples worth training on (random, stratified, rds, ifd, less, kmeans, zipfit)",
+    Verb(("data", "select"), "choose the examples worth training on (random, stratified, loss, rds, ifd, less, kmeans, zipfit)",
          "stages.select:SelectVerbConfig", "stages.select:run_select", (("data", "pool: file, folder or glob"),),
          switches=(OUT_OVERWRITE,)),
     Verb(("eval",), "evaluate a model or a run directory on chosen suites; per-item records in JSON",
@@ -72,6 +72,11 @@ VERBS: tuple[Verb, ...] = (
          (("model.name", "run directory (uses RUN/model), model directory, .gguf, bundled name or hub id "
                          "(or --model)"),),
          switches=(("overwrite", "replace existing eval/<label>/<suite>.json files"),), optional_positional=True),
+    Verb(("compare",), "models scored on the same items side by side: bootstrap intervals and paired "
+         "differences to the first (a run directory brings its base, tuned model and phases)",
+         "stages.compare:CompareConfig", "stages.compare:run_compare",
+         (("runs", "run directories or eval/<label>/ folders; the first is the base"),),
+         switches=(OUT_OVERWRITE,), many=True),
     Verb(("export",), "merged, interpolate (WiSE-FT), int8, int4-rtn, int4-awq, gguf-f32|f16|q8_0|q4_0; "
          "'export soup A B ...' blends models", "stages.export:ExportVerbConfig", "stages.export:run_export",
          (("sources", "a run directory or model folder (after 'soup': two or more)"),),

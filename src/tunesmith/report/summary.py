@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import ui
+from .compare import comparison_markdown, comparison_rich_table
 from .tables import comparison_table, fmt
 
 
@@ -51,6 +52,17 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines += ["", "| task | n | base | tuned |", "|---|---|---|---|"]
         for t, v in s["per_task"].items():
             lines.append(f"| {t} | {v['n']} | {fmt(v['before'], 'tasks')} | {fmt(v['after'], 'tasks')} |")
+    if s.get("phases"):
+        lines += ["", "## Phases (`then:`), each from the previous model", "",
+                  "| phase | method | steps | final loss | merged model | wall s |", "|---|---|---|---|---|---|"]
+        for p in s["phases"]:
+            t = p.get("train") or {}
+            lines.append(f"| {p['name']} | {p['method']} | {t.get('steps')} | {t.get('final_loss')} | "
+                         f"{p['merged_model']} | {p['wall_seconds']} |")
+        lines += ["", f"Final model: {s.get('final_model')}; wall time of the recipe's run and its phases: "
+                      f"{s.get('total_wall_seconds')} s"]
+    if s.get("comparison"):
+        lines += ["", "## Every model on the same held-out items", "", comparison_markdown(s["comparison"]).rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -71,3 +83,14 @@ def print_summary(s: dict[str, Any]) -> None:
             per.add_row(t, str(v["n"]), fmt(v["before"], "tasks"), fmt(v["after"], "tasks"))
         ui.console.print(per)
     ui.log(f"run directory: {s['run_dir']}  (merged model: {s['merged_model']}; wall {s['wall_seconds']} s)")
+
+
+def print_phases_summary(s: dict[str, Any]) -> None:
+    """The end of a run with phases: the comparison of every model, and where the final model is."""
+    if s.get("comparison"):
+        heading = "base, the tuned model and every phase (paired by item)"
+        ui.console.print(comparison_rich_table(s["comparison"], heading))
+        for skipped in s["comparison"]["skipped"]:
+            ui.log(f"[yellow]not compared:[/] {skipped['suite']} for {skipped['model']}: {skipped['reason']}")
+    ui.log(f"phases: {', '.join(p['name'] for p in s['phases'])}; final model: {s.get('final_model')}; "
+           f"summary: {s['run_dir']}/summary.md")

@@ -13,10 +13,15 @@ data half).
   summary.json, summary.md            the short story of the run
   export/              the recipe's export steps (export_report.json: size and scores of each)
   MODEL_CARD.md        provenance: base weights hash, data sources and funnel, config, evals, exports
+  phases/<name>/       a recipe's `then:` phases, each a run directory of its own (from the previous
+                       phase's model/), and at the end summary.json / summary.md compare base, the
+                       recipe's tuned model and every phase on the same items (report.compare)
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -26,28 +31,32 @@ from .. import ui
 from ..errors import UserError
 from ..io import write_json, write_text
 from ..models import base_weights_sha256, load_configured_model, load_tokenizer
+from ..report.compare import compare_evals
 from ..report.model_card import run_model_card
-from ..report.summary import build_summary, print_summary, summary_markdown
+from ..report.summary import build_summary, print_phases_summary, print_summary, summary_markdown
 from ..train.distributed import DistInfo, init_distributed
 from .data import DataBundle, print_data_report, validate_data
 from .evaluate import check_data_suite, during_training, eval_context, evaluate, load_evals
 from .export import Evaluator, export_steps
 from .outputs import out_dir, prepare_out
 from .prepare import prepare_data
-from .recipe import Recipe, dump_recipe
+from .recipe import Recipe, dump_recipe, parent_label, phase_recipe
 from .synth import with_synth_data
 from .train import fit, keep_best, save, setup_model
 
 
+def _holds(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
 def guard_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Never mix a new run into an old one silently."""
-    ckpts = run_dir / "checkpoints"
-    if resume or not ckpts.is_dir() or not any(ckpts.iterdir()):
+    """Never mix a new run into an old one silently (its phases, in RUN/phases/, included)."""
+    if resume or not (_holds(run_dir / "checkpoints") or _holds(run_dir / "phases")):
         return
     if not overwrite:
         raise UserError(f"{run_dir} already holds checkpoints from an earlier run: add --resume to continue it, "
                         "--overwrite to start again in the same directory, or set --output.dir elsewhere")
-    for sub in ("checkpoints", "eval", "adapter", "model", "tensorboard"):
+    for sub in ("checkpoints", "eval", "adapter", "model", "tensorboard", "phases"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     for name in ("metrics.jsonl", "summary.json", "summary.md"):
         (run_dir / name).unlink(missing_ok=True)
@@ -72,7 +81,17 @@ def _evaluate_base(model, tokenizer, recipe: Recipe, ctx, run_dir: Path, resume:
 
 
 def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Run the whole recipe and return the summary (also written to the run directory)."""
+    """Run the whole recipe (and its `then:` phases) and return the summary (also written to the run directory)."""
+    if recipe.then:
+        return run_phases(recipe, resume, do_eval, overwrite)
+    return run_one(recipe, resume, do_eval, overwrite)
+
+
+def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: bool = False,
+            base_evals: dict[str, Any] | None = None, written: Recipe | None = None) -> dict[str, Any]:
+    """One run of the chain. base_evals: the starting model's evaluation when it is already known (a phase:
+    the previous phase's eval/after), used as the summary's base instead of evaluating it again;
+    written: the recipe written as config.yaml (default: `recipe`)."""
     t_start = time.perf_counter()
     info = init_distributed()  # under torchrun every rank trains; rank 0 alone evaluates and writes
     do_eval = do_eval and info.is_main
@@ -80,7 +99,7 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
     if info.is_main:
         guard_run_dir(run_dir, resume, overwrite)
         out_dir(run_dir, "output.dir")
-        write_text(run_dir / "config.yaml", dump_recipe(recipe))
+        write_text(run_dir / "config.yaml", dump_recipe(written or recipe))
         ui.log(f"[bold]tunesmith run[/] -> {run_dir}" + (f" ({info.world_size} ranks)" if info.world_size > 1 else ""))
     if recipe.synth is not None:  # synthetic data first, into RUN/synth; its output joins data.train
         recipe = with_synth_data(recipe, run_dir, info.world_size)
@@ -96,6 +115,8 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
     evals: dict[str, Any] = {}
     if do_eval and recipe.eval.before:
         evals["before"] = _evaluate_base(model, tokenizer, recipe, ctx, run_dir, resume)
+    elif do_eval and base_evals:
+        evals["before"] = base_evals
 
     model = setup_model(model, tcfg)
     during_ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
@@ -121,6 +142,98 @@ def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: b
         _export(recipe, data, tokenizer, ctx, run_dir, model_dir)
     write_text(run_dir / "MODEL_CARD.md", run_model_card(run_dir, base_weights_sha256(recipe.model.name)))
     ui.log(f"model card: {run_dir / 'MODEL_CARD.md'}")
+    return summary
+
+
+PHASES = "phases"
+
+
+def finished(run_dir: Path) -> bool:
+    """A run (or phase) that completed: its summary and, written last, its model card exist."""
+    return (run_dir / "summary.json").is_file() and (run_dir / "MODEL_CARD.md").is_file()
+
+
+def _load_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def run_phases(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """The recipe's own run into RUN/, then each `then:` phase into RUN/phases/<name>/ from the previous merged
+    model, its base evaluation being the previous eval/after; with --resume, finished runs are skipped and the
+    unfinished one continues. Ends with the comparison of base, the tuned model and every phase."""
+    run_dir = Path(recipe.output.dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("a recipe with then: runs in one process: run each phase as a recipe of its own under "
+                        "torchrun (its model.name the previous run's model/)")
+    guard_run_dir(run_dir, resume, overwrite)
+    out_dir(run_dir, "output.dir")
+    own = recipe.model_copy(update={"then": []})
+    runs: list[tuple[str, Path, dict[str, Any]]] = []  # (label, run dir, summary)
+    if resume and finished(run_dir):
+        ui.log(f"--resume: {run_dir} is finished; going on with its phases")
+        summary = _load_summary(run_dir)
+    else:
+        summary = run_one(own, resume, do_eval, overwrite, written=recipe)  # config.yaml: phases included
+    runs.append((parent_label(recipe), run_dir, summary))
+    for i, phase in enumerate(recipe.then, start=1):
+        prev, phase_dir = runs[-1][1], run_dir / PHASES / phase.name
+        if resume and finished(phase_dir):
+            ui.log(f"--resume: phase {phase.name} is finished ({phase_dir})")
+            runs.append((phase.name, phase_dir, _load_summary(phase_dir)))
+            continue
+        if not (prev / "model" / "config.json").is_file():
+            raise UserError(f"phase {phase.name} starts from {prev / 'model'}, which holds no merged model")
+        ui.log(f"[bold]phase {i}/{len(recipe.then)}: {phase.name}[/] from {prev / 'model'} -> {phase_dir}")
+        sub = phase_recipe(recipe, phase, prev / "model", phase_dir)
+        _explain_phase_data(recipe, sub, phase.name)
+        base = _carry_evals(prev, phase_dir) if do_eval else None
+        runs.append((phase.name, phase_dir, run_one(sub, resume, do_eval, base_evals=base)))
+    return _phases_summary(runs, do_eval)
+
+
+def _explain_phase_data(parent: Recipe, sub: Recipe, name: str) -> None:
+    """Say what a phase trains on when its synth output replaces the recipe's training rows."""
+    if sub.synth is None or sub.synth.feed == "none":
+        return
+    dropped = []
+    if parent.data.train and not sub.data.train:
+        dropped.append("data.train files")
+    if parent.data.tasks and parent.data.tasks.n_train and sub.data.tasks and not sub.data.tasks.n_train:
+        dropped.append("generated training tasks (data.tasks.n_train)")
+    extra = sub.data.train or []
+    ui.log(f"phase {name}: trains on its synth output (synth/{sub.synth.feed}.jsonl)"
+           + (f" and {len(extra)} data.train entries of its own" if extra else "")
+           + (f"; the recipe's {' and '.join(dropped)} are not used (name them in the phase to keep them)"
+              if dropped else ""))
+
+
+def _carry_evals(prev: Path, phase_dir: Path) -> dict[str, Any]:
+    """The previous run's eval/after, copied to the phase's eval/before: the phase's base, not evaluated again."""
+    src, dst = prev / "eval" / "after", phase_dir / "eval" / "before"
+    if not src.is_dir():
+        return {}
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.json")):
+        shutil.copyfile(f, dst / f.name)
+    return load_evals(dst)
+
+
+def _phases_summary(runs: list[tuple[str, Path, dict[str, Any]]], do_eval: bool) -> dict[str, Any]:
+    """RUN/summary.json and summary.md: the recipe's own summary, each phase's, and the comparison."""
+    run_dir = runs[0][1]
+    summary = {k: v for k, v in runs[0][2].items() if k not in ("phases", "comparison", "final_model")}
+    summary["phases"] = [{"name": label, "run_dir": str(d), "method": s.get("method"), "train": s.get("train"),
+                          "merged_model": s.get("merged_model"), "wall_seconds": s.get("wall_seconds")}
+                         for label, d, s in runs[1:]]
+    summary["final_model"] = runs[-1][2].get("merged_model")
+    summary["total_wall_seconds"] = round(sum(s.get("wall_seconds") or 0 for _, _, s in runs), 1)  # each run's last
+    models = [("base", run_dir / "eval" / "before")] + [(label, d / "eval" / "after") for label, d, _ in runs]
+    models = [(label, load_evals(d)) for label, d in models if d.is_dir() and any(d.glob("*.json"))]
+    if do_eval and len(models) > 1:
+        summary["comparison"] = compare_evals(models)
+    write_json(run_dir / "summary.json", summary)
+    write_text(run_dir / "summary.md", summary_markdown(summary))
+    print_phases_summary(summary)
     return summary
 
 
