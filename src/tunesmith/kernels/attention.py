@@ -51,15 +51,21 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 @contextmanager
-def packed_attention_enabled(model):
-    """Use packed attention inside the block; the model's own setting is restored afterwards."""
+def attention_enabled(model, name: str):
+    """Use the registered attention `name` inside the block on a model that runs SDPA; the model's
+    own setting is restored afterwards. Eager / flash models keep their own kernel."""
     config = model.config
     old = config._attn_implementation
-    if old not in ("sdpa", NAME):  # eager / flash models keep their own kernel
+    if old not in ("sdpa", name):
         yield
         return
-    config._attn_implementation = NAME
+    config._attn_implementation = name
     try:
         yield
     finally:
         config._attn_implementation = old
+
+
+def packed_attention_enabled(model):
+    """Use packed attention inside the block (see attention_enabled)."""
+    return attention_enabled(model, NAME)

@@ -12,12 +12,12 @@ with more than one query position (a prefill) goes to the standard SDPA function
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+from .attention import attention_enabled
 
 NAME = "tunesmith_decode"
 
@@ -44,17 +44,6 @@ AttentionInterface.register(NAME, decode_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-@contextmanager
 def decode_attention_enabled(model):
-    """Use decode attention inside the block; the model's own setting is restored afterwards.
-    Models on another kernel than SDPA (eager, flash) keep it."""
-    config = model.config
-    old = config._attn_implementation
-    if old not in ("sdpa", NAME):
-        yield
-        return
-    config._attn_implementation = NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = old
+    """Use decode attention inside the block (see kernels.attention.attention_enabled)."""
+    return attention_enabled(model, NAME)
