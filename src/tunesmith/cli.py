@@ -77,6 +77,10 @@ VERBS: tuple[Verb, ...] = (
          "stages.compare:CompareConfig", "stages.compare:run_compare",
          (("runs", "run directories or eval/<label>/ folders; the first is the base"),),
          switches=(OUT_OVERWRITE,), many=True),
+    Verb(("report",), "one self-contained HTML page of a run (RUN/report.html: data funnel, curves, evaluation with "
+         "an item browser, exports, provenance); several runs: one comparison page",
+         "stages.report:ReportConfig", "stages.report:run_report",
+         (("runs", "run directories; two or more are compared side by side"),), many=True),
     Verb(("export",), "merged, interpolate (WiSE-FT), int8, int4-rtn, int4-awq, gguf-f32|f16|q8_0|q4_0; "
          "'export soup A B ...' blends models", "stages.export:ExportVerbConfig", "stages.export:run_export",
          (("sources", "a run directory or model folder (after 'soup': two or more)"),),

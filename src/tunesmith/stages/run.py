@@ -41,6 +41,7 @@ from .export import Evaluator, export_steps
 from .outputs import out_dir, prepare_out
 from .prepare import prepare_data
 from .recipe import Recipe, dump_recipe, parent_label, phase_recipe
+from .report import report_at_end
 from .synth import with_synth_data
 from .train import fit, keep_best, save, setup_model
 
@@ -142,6 +143,7 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
         _export(recipe, data, tokenizer, ctx, run_dir, model_dir)
     write_text(run_dir / "MODEL_CARD.md", run_model_card(run_dir, base_weights_sha256(recipe.model.name)))
     ui.log(f"model card: {run_dir / 'MODEL_CARD.md'}")
+    report_at_end(run_dir)
     return summary
 
 
@@ -188,7 +190,9 @@ def run_phases(recipe: Recipe, resume: bool = False, do_eval: bool = True, overw
         _explain_phase_data(recipe, sub, phase.name)
         base = _carry_evals(prev, phase_dir) if do_eval else None
         runs.append((phase.name, phase_dir, run_one(sub, resume, do_eval, base_evals=base)))
-    return _phases_summary(runs, do_eval)
+    summary = _phases_summary(runs, do_eval)
+    report_at_end(run_dir)  # again, now with the phases and the comparison
+    return summary
 
 
 def _explain_phase_data(parent: Recipe, sub: Recipe, name: str) -> None:
