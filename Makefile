@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all llama-cpp clean
+.PHONY: setup demo test test-all llama-cpp chromium clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,12 @@ llama-cpp: setup
 		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel --no-deps llama-cpp-python==0.3.36 -w $(WHEELS)
 	$(BIN)/pip install --quiet $(WHEELS)/llama_cpp_python-0.3.36-*.whl
 
-test-all: setup llama-cpp
+# Debian's Chromium for the slow browser checks of the HTML report (tests/test_report_browser.py,
+# benchmarks/report_load.py); installed only where it is missing (apt-get needs root).
+chromium:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test-all: setup llama-cpp chromium
 	$(BIN)/python -m pytest -q -m ''
 
 clean:

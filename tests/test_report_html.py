@@ -146,7 +146,7 @@ def test_the_item_browser_holds_every_item_with_the_right_category(full_run, ful
 def test_model_output_cannot_inject_markup(full_run):
     html = run_page(full_run)
     assert INJECTION in _json(full_run / "eval/after/tasks.json")["records"][3]["output"]
-    assert "<script>alert" not in html and "<b>bold?" not in html
+    assert "<script>window.pwned" not in html and "<img" not in html and "<b>bold?" not in html
     page = Page(html)
     assert [a.get("type") for a, _ in page.scripts] == ["application/json", None]  # the data and our script only
     assert any(it.get("t") == INJECTION for it in page.items())  # the text itself survives

@@ -38,13 +38,15 @@ svg.plot .series { stroke-width:1.5; }
 svg.plot .marker { stroke-dasharray:4 3; }
 table { border-collapse:collapse; margin:6px 0 10px; font-variant-numeric:tabular-nums; }
 th, td { border-bottom:1px solid var(--line); padding:4px 10px; text-align:left; vertical-align:top; }
-th { background:#f1f5f9; font-weight:600; font-size:13px; }
-td.num, th.num { text-align:right; white-space:nowrap; }
+th { background:#f1f5f9; font-weight:600; font-size:13px; max-width:11em; }
+td.num, th.num { text-align:right; }
+td.num { white-space:nowrap; }
 td.up { color:var(--good); } td.down { color:var(--bad); }
 .wide { overflow-x:auto; }
 .side { display:flex; flex-wrap:wrap; gap:16px; align-items:flex-start; }
 .side > .plots { flex:0 1 560px; margin:6px 0; display:block; }
-td.links { white-space:nowrap; }
+td.links, table.export-table td:first-child, table.type-table td:first-child { white-space:nowrap; }
+table.export-table td:last-child { min-width:16em; max-width:340px; }
 code, pre { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12.5px; }
 pre { white-space:pre-wrap; word-break:break-word; margin:2px 0; }
 details > summary { cursor:pointer; color:var(--accent); margin:6px 0; }

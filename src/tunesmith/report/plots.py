@@ -187,7 +187,9 @@ def line_chart(chart: Chart, max_points: int = MAX_POINTS) -> str:
         if s.dots or len(coords) == 1:
             dots = "".join(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3"/>' for a, b in coords)
             if s.labels is not None and len(s.labels) == len(coords):
-                dots += "".join(f'<text class="tick" x="{a + 5:.1f}" y="{b - 5:.1f}">{escape(str(t))}</text>'
+                right = LEFT + 0.7 * (W - RIGHT - LEFT)  # labels of points on the right go to their left
+                dots += "".join(f'<text class="tick" x="{a + (-5 if a > right else 5):.1f}" y="{b - 5:.1f}" '
+                                f'text-anchor="{"end" if a > right else "start"}">{escape(str(t))}</text>'
                                 for (a, b), t in zip(coords, s.labels))
             out.append(f'<g class="dots" fill="{color}"><title>{escape(s.name)}</title>{dots}</g>')
         else:
@@ -204,8 +206,10 @@ def _legend(items: list[tuple[str, str, bool]], y: int = 30) -> list[str]:
     if len(items) < 2:
         return []
     out, x = [], float(LEFT)
+    room = int(((W - RIGHT - LEFT) / len(items) - 30) / 6.2)  # characters per label that fit on one line
+    limit = max(8, min(36, room))
     for name, color, dots in items:
-        label = name if len(name) <= 36 else name[:35] + "…"
+        label = name if len(name) <= limit else name[:limit - 1] + "…"
         mark = (f'<circle cx="{x + 6}" cy="{y - 4}" r="3" fill="{color}"/>' if dots else
                 f'<line x1="{x}" y1="{y - 4}" x2="{x + 12}" y2="{y - 4}" stroke="{color}" stroke-width="2"/>')
         out.append(f'<g class="legend">{mark}<text class="tick" x="{x + 16}" y="{y}">{escape(label)}</text></g>')

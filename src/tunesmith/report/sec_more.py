@@ -62,17 +62,17 @@ def _export_table(run: Run, folder: str, report: dict[str, Any]) -> str:
 
 
 def _size_plot(folder: str, steps: list[dict[str, Any]], suites: list[str]) -> str:
-    """Score against size on disk, one dot per export (when at least two exports were scored)."""
-    series = []
-    for suite in suites:
-        pts = [(st["bytes"] / 1e6, st["eval"][suite], st.get("step")) for st in steps
-               if isinstance((st.get("eval") or {}).get(suite), (int, float)) and st.get("bytes")]
-        if len(pts) >= 2:
-            series.append(Series(title(suite), [a for a, _, _ in pts], [b for _, b, _ in pts], dots=True,
-                                 labels=[c for _, _, c in pts]))
-    if not series:
+    """The main score against size on disk, one labelled dot per export (exports of at least two sizes)."""
+    main = next((s for s in ("tasks", "ifeval", "ifbench", "humaneval", "data") if s in suites), None)
+    if main is None:
         return ""
-    return plots(line_chart(Chart(f"{folder}/: score against size", "size on disk (MB)", "score", series)))
+    pts = [(st["bytes"] / 1e6, st["eval"][main], str(st.get("step"))) for st in steps
+           if isinstance((st.get("eval") or {}).get(main), (int, float)) and st.get("bytes")]
+    if len({round(a) for a, _, _ in pts}) < 2:
+        return ""
+    series = [Series(title(main), [a for a, _, _ in pts], [b for _, b, _ in pts], dots=True,
+                     labels=[c for _, _, c in pts])]
+    return plots(line_chart(Chart(f"{title(main)} against size on disk ({folder}/)", "MB", "score", series)))
 
 
 def _sweep_plot(sweep: dict[str, Any] | None) -> str:

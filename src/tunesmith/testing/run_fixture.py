@@ -22,7 +22,7 @@ import yaml
 TASKS = ("add_numbers", "reverse_words", "sort_numbers", "uppercase", "json_object")
 INSTRUCTIONS = ("length_constraints:number_words", "detectable_format:title", "keywords:existence",
                 "change_case:english_lowercase")
-INJECTION = "<script>alert('x')</script><b>bold?</b> & done"
+INJECTION = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2"><b>bold?</b> & done'
 
 
 def _dump(path: Path, obj: Any) -> None:
