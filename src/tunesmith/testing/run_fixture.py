@@ -3,9 +3,9 @@ benchmark: no model is loaded, nothing is trained; the numbers are made up but c
 data funnel adds up, the scores are the means of the records).
 
     write_run(path, items=40, metric_lines=120, selection=True, exports=True, phases=True,
-              rejects=True, seed=0)
+              rejects=True, seed=0, if_items=None)
 
-`items` task items (the tasks suite, before and after) plus items // 4 IFEval-style ones;
+`items` task items (the tasks suite, before and after) plus `if_items` (default items // 4) IFEval-style ones;
 `metric_lines` training steps in metrics.jsonl, with an evaluation line every tenth of the run.
 A `then:` phase ("dpo") is a smaller run directory of its own under phases/.
 """
@@ -148,7 +148,7 @@ def _selection(path: Path, rng: random.Random, pool: int, selected: int) -> None
 
 def write_run(path: str | Path, items: int = 40, metric_lines: int = 120, selection: bool = True,
               exports: bool = True, phases: bool = True, rejects: bool = True, seed: int = 0,
-              name: str = "fixture") -> Path:
+              name: str = "fixture", if_items: int | None = None) -> Path:
     """Write the run directory (see the module doc) and return its path."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -168,10 +168,11 @@ def write_run(path: str | Path, items: int = 40, metric_lines: int = 120, select
     for step in (metric_lines // 2, metric_lines):
         (path / "checkpoints" / f"step-{step:06d}").mkdir(parents=True, exist_ok=True)
         (path / "checkpoints" / f"step-{step:06d}" / "COMPLETE").write_text("")
+    n_if = max(1, items // 4) if if_items is None else if_items
     evals = {"before": {"tasks": _tasks_result(_task_records(rng, items, 0.1)), "loss": _loss_result(items, 1.9),
-                        "ifeval": _ifeval_result(rng, max(1, items // 4), 0.5)},
+                        "ifeval": _ifeval_result(rng, n_if, 0.5)},
              "after": {"tasks": _tasks_result(_task_records(random.Random(seed + 1), items, 0.7)),
-                       "loss": _loss_result(items, 0.3), "ifeval": _ifeval_result(rng, max(1, items // 4), 0.4)}}
+                       "loss": _loss_result(items, 0.3), "ifeval": _ifeval_result(rng, n_if, 0.4)}}
     for when, results in evals.items():
         for suite, result in results.items():
             _dump(path / "eval" / when / f"{suite}.json", result)
