@@ -280,3 +280,20 @@ def test_the_page_loads_nothing_from_the_network(full_run):
     assert "default-src 'none'" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     assert "<link" not in html and "<img" not in html and "@import" not in html
+
+
+def test_a_run_with_synthetic_data_shows_its_acceptance(tmp_path):
+    run = write_run(tmp_path / "s", selection=False, exports=False, phases=False, synth=True)
+    page = Page(run_page(run))
+    assert list(page.sections)[:3] == ["overview", "synth", "data"]
+    rows = [r for r in page.tables["synth-table"] if r]
+    assert [c[0] for c in rows[0][:4]] == ["ifeval", "50", "48", "80 of 192 (42%)"]
+    assert any(s.get("aria-label") == "ifeval: samples accepted per constraint or task type" for s in page.svgs)
+
+
+def test_robustness_per_task_is_the_mean_over_phrasings():
+    from tunesmith.report.sec_eval import per_type
+
+    result = {"phrasings": 3, "per_task": {"uppercase": {"per_phrasing": [1.0, 0.5, 0.0], "spread": 1.0}},
+              "records": [{"task": "uppercase"}] * 6}
+    assert per_type("robustness", result) == {"uppercase": (2, 0.5)}

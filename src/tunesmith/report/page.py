@@ -1,6 +1,6 @@
 """One run's report page: RUN/report.html, built from the run directory's files alone.
 
-Sections in order: overview, data, selection, training, evaluation (with the item browser),
+Sections in order: overview, synthetic data, data, selection, training, evaluation (with the item browser),
 exports, phases, provenance; each only when the run holds its data.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import __version__
 from .html import Section, page
 from .rundir import Run, read_run
-from .sec_data import data_section, selection_section
+from .sec_data import data_section, selection_section, synth_section
 from .sec_eval import evaluation_section, relative_href
 from .sec_more import exports_section, overview, phases_section, provenance_section
 from .sec_train import training_section
@@ -22,7 +22,7 @@ PROVENANCE = "provenance.json"
 def run_sections(run: Run, href: str) -> tuple[list[Section], list[str]]:
     """The run's sections (only those with data) and the page's data blocks."""
     evaluation, block = evaluation_section(run.evals, href)
-    sections = [overview(run), data_section(run), selection_section(run), training_section(run), evaluation,
+    sections = [overview(run), synth_section(run), data_section(run), selection_section(run), training_section(run), evaluation,
                 exports_section(run), phases_section(run, href),
                 provenance_section(run, run.json(PROVENANCE), href)]
     return [s for s in sections if s is not None], [block] if block else []

@@ -168,3 +168,33 @@ def selection_section(run: Run) -> Section | None:
         body.append(h3("Per source") + table(["source", "pool", "selected", "share of selection"], rows,
                                              numeric=(1, 2, 3)))
     return Section("selection", "Selection", "".join(body))
+
+
+# ---- synthetic data -----------------------------------------------------------------------------
+
+def synth_section(run: Run) -> Section | None:
+    """RUN/synth/report.json: prompts per source, acceptance per constraint or task type, what was written."""
+    rep = run.json("synth/report.json")
+    if not isinstance(rep, dict) or not rep.get("sources"):
+        return None
+    rows = []
+    for spec, s in rep["sources"].items():
+        rate = s.get("acceptance_rate")
+        dropped = ", ".join(f"{k} {v}" for k, v in (s.get("dropped") or {}).items()) or "-"
+        rows.append([code(spec), s.get("prompts", ""), s.get("sampled", ""),
+                     f"{s.get('accepted_samples', 0):,} of {s.get('verified_samples', 0):,}"
+                     + (f" ({100 * rate:.0f}%)" if isinstance(rate, (int, float)) else ""),
+                     s.get("kept", ""), s.get("pairs", ""), dropped])
+    body = [p(f"Samples from {rep.get('model', 'the model')}, {(rep.get('settings') or {}).get('samples', '?')} per "
+              "prompt, kept when their verifier accepts them (RUN/synth/report.json)."),
+            table(["source", "prompts", "sampled", "samples accepted", "sft rows", "pairs", "dropped"], rows,
+                  "synth-table", numeric=(1, 2, 3, 4, 5))]
+    charts = [bars(sorted(((g, 100 * (v.get("rate") or 0)) for g, v in groups.items()), key=lambda kv: -kv[1]),
+                   f"{verifier}: samples accepted per constraint or task type", "%")
+              for verifier, groups in (rep.get("acceptance") or {}).items() if groups]
+    body.append(plots(*charts))
+    out = rep.get("outputs") or {}
+    if out:
+        body.append(p(f"Written: {out.get('sft', 0):,} SFT rows and {out.get('pairs', 0):,} preference pairs from "
+                      f"{out.get('samples', 0):,} samples."))
+    return Section("synth", "Synthetic data", "".join(body))

@@ -4,7 +4,7 @@ bootstrap intervals, per task or instruction type, and the item browser."""
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from ..errors import UserError
@@ -67,6 +67,11 @@ def per_type(suite: str, result: dict[str, Any] | None) -> dict[str, tuple[int, 
         return {k: (v.get("n", 0), v.get("exact_match")) for k, v in result["per_task"].items()}
     if suite in IF_SUITES and result.get("records"):
         return _per_instruction(result["records"])
+    if suite == "robustness" and isinstance(result.get("per_task"), dict):  # the mean over phrasings
+        per_task = {t: v["per_phrasing"] for t, v in result["per_task"].items() if v.get("per_phrasing")}
+        counts = Counter(r.get("task") for r in result.get("records") or [])
+        k = max(1, int(result.get("phrasings") or 1))
+        return {t: (counts.get(t, 0) // k, sum(v) / len(v)) for t, v in per_task.items()}
     if suite == "data" and isinstance(result.get("per_source"), dict):
         return {k: (v.get("n", 0), v.get("score")) for k, v in result["per_source"].items()}
     return {}
@@ -77,7 +82,7 @@ def per_type_block(suite: str, before: dict[str, Any] | None, after: dict[str, A
     if not b and not a:
         return ""
     keys = sorted(set(b) | set(a), key=lambda k: -(((a.get(k) or (0, 0))[1] or 0) - ((b.get(k) or (0, 0))[1] or 0)))
-    label = {"tasks": "task type", "data": "source"}.get(suite, "instruction")
+    label = {"tasks": "task type", "robustness": "task type", "data": "source"}.get(suite, "instruction")
     if label == "instruction":  # instruction-level: the share of items whose instruction was followed
         chart_title = heading = f"{title(suite).split(' ')[0]}: each instruction followed (strict)"
     else:

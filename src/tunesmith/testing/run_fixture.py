@@ -3,7 +3,7 @@ benchmark: no model is loaded, nothing is trained; the numbers are made up but c
 data funnel adds up, the scores are the means of the records).
 
     write_run(path, items=40, metric_lines=120, selection=True, exports=True, phases=True,
-              rejects=True, seed=0, if_items=None)
+              rejects=True, seed=0, if_items=None, synth=False)
 
 `items` task items (the tasks suite, before and after) plus `if_items` (default items // 4) IFEval-style ones;
 `metric_lines` training steps in metrics.jsonl, with an evaluation line every tenth of the run.
@@ -148,7 +148,7 @@ def _selection(path: Path, rng: random.Random, pool: int, selected: int) -> None
 
 def write_run(path: str | Path, items: int = 40, metric_lines: int = 120, selection: bool = True,
               exports: bool = True, phases: bool = True, rejects: bool = True, seed: int = 0,
-              name: str = "fixture", if_items: int | None = None) -> Path:
+              name: str = "fixture", if_items: int | None = None, synth: bool = False) -> Path:
     """Write the run directory (see the module doc) and return its path."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -185,6 +185,8 @@ def write_run(path: str | Path, items: int = 40, metric_lines: int = 120, select
                "wall_seconds": 300.0, "checkpoint_kept": None}
     if exports:
         _exports(path)
+    if synth:
+        _synth(path)
     if phases:
         sub = write_run(path / "phases" / "dpo", items=max(4, items // 4), metric_lines=max(10, metric_lines // 4),
                         selection=False, exports=False, phases=False, rejects=False, seed=seed + 7, name="dpo")
@@ -211,3 +213,14 @@ def _exports(path: Path) -> None:
     _dump(path / "wise/export_report.json", {"source": "model", "steps": [
         {"step": "interpolate", "path": "interpolate", "bytes": 541614977, "note": "alpha 0.5",
          "eval": points[2]["eval"], "sweep": "interpolate_sweep.json"}]})
+
+
+def _synth(path: Path) -> None:
+    _dump(path / "synth/report.json", {
+        "model": "smollm2-135m-instruct", "settings": {"samples": 4},
+        "sources": {"ifeval": {"prompts": 50, "sampled": 48, "samples": 192, "verified_samples": 192,
+                               "accepted_samples": 80, "acceptance_rate": 80 / 192, "kept": 30, "pairs": 25,
+                               "dropped": {"decontaminated": 2, "no_sample_passed": 18}}},
+        "acceptance": {"ifeval": {"keywords:existence": {"samples": 100, "accepted": 70, "rate": 0.7},
+                                  "detectable_format:title": {"samples": 92, "accepted": 10, "rate": 10 / 92}}},
+        "outputs": {"sft": 30, "pairs": 25, "samples": 192, "no_pair": 5}})
