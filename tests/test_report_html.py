@@ -249,6 +249,7 @@ def test_report_verb_writes_the_page_and_the_comparison(tmp_path, capsys):
     (["{run}", "--out", "{tmp}/r.txt"], 2, "ending in .html"),
     (["{run}", "--out", "{tmp}/no/such/r.html"], 1, "does not exist"),
     (["{run}", "--bogus", "1"], 2, "unrecognized arguments"),
+    (["{run}", "--out", "/proc/r.html"], 1, "cannot be written"),
 ])
 def test_report_verb_errors_are_one_clear_message(tmp_path, capsys, args, code, message):
     run = write_run(tmp_path / "run", items=4, selection=False, exports=False, phases=False)

@@ -113,7 +113,8 @@ def phases_section(run: Run, href: str) -> Section | None:
         t = s.get("train") or {}
         rows.append([name, s.get("method") or (sub.config.get("train") or {}).get("method"), t.get("steps"),
                      num(t["final_loss"]) if isinstance(t.get("final_loss"), (int, float)) else "-",
-                     s.get("wall_seconds"), link(f"{href}phases/{name}/report.html", "its report")])
+                     s.get("wall_seconds"), link(f"{href}phases/{name}/report.html", "its report")
+                     if (path / "report.html").is_file() else code(f"tunesmith report {path}")])
         charts.append(loss_chart(sub, chart_title=f"phase {name}: loss"))
     body = [p("Each phase of the recipe's then: list trained from the previous phase's merged model, in a run "
               "directory of its own under phases/."),

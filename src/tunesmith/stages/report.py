@@ -51,7 +51,10 @@ def _out_file(cfg: ReportConfig) -> Path:
 def write_report(run_dirs: list[str], out: Path) -> Path:
     """Build the page (one run, or the comparison of several) and write it atomically."""
     html = run_page(run_dirs[0], out) if len(run_dirs) == 1 else comparison_page(run_dirs, out)
-    return write_text(out, html)
+    try:
+        return write_text(out, html)
+    except OSError as err:
+        raise UserError(f"{out}: cannot be written ({err.strerror}); give another --out") from None
 
 
 def run_report(cfg: ReportConfig) -> int:
