@@ -25,7 +25,8 @@ DEMO = Path(__file__).resolve().parents[1] / "runs" / "quickstart"
 PLOTS_DRAWN = """Array.from(document.querySelectorAll('svg.plot')).filter(function (s) {
   var r = s.getBoundingClientRect(), line = s.querySelector('polyline, rect, circle');
   return r.width > 0 && r.height > 0 && line && line.getBBox().width > 0; }).length"""
-HEADINGS = "Array.from(document.querySelectorAll('section.sec > h2')).filter(h => h.offsetHeight > 0).map(h => h.textContent)"
+HEADINGS = ("Array.from(document.querySelectorAll('section.sec > h2')).filter(h => h.offsetHeight > 0)"
+            ".map(h => h.textContent)")
 
 
 @pytest.fixture(scope="module")

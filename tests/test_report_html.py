@@ -115,7 +115,8 @@ def test_every_number_in_the_eval_table_equals_the_eval_json(full_run, full_page
         assert base[0] == fmt(before["score"], suite) and float(base[1]["data-value"]) == before["score"]
         assert tuned[0] == fmt(after["score"], suite) and float(tuned[1]["data-value"]) == after["score"]
     tasks = body[suites.index("tasks")]
-    assert tasks[4][0] == f"{100 * (_json(full_run / 'eval/after/tasks.json')['score'] - _json(full_run / 'eval/before/tasks.json')['score']):+.1f} pp"
+    before, after = (_json(full_run / "eval" / w / "tasks.json")["score"] for w in ("before", "after"))
+    assert tasks[4][0] == f"{100 * (after - before):+.1f} pp"
 
 
 def test_per_task_table_shows_the_json_per_task_scores(full_run, full_page):

@@ -47,8 +47,8 @@ def _runs_table(runs: list[Run], out_dir: Path) -> str:
         rows.append([r.name, s.get("model") or (r.config.get("model") or {}).get("name"), s.get("method"),
                      t.get("steps"), num(t["final_loss"]) if isinstance(t.get("final_loss"), (int, float)) else "-",
                      t.get("tokens_per_s"), s.get("wall_seconds"),
-                     link(relative_href(r.path, out_dir) + "report.html", "report") if (r.path / "report.html").is_file()
-                     else code(f"tunesmith report {r.path}")])
+                     link(relative_href(r.path, out_dir) + "report.html", "report")
+                     if (r.path / "report.html").is_file() else code(f"tunesmith report {r.path}")])
     return table(["run", "model", "method", "steps", "final loss", "tokens/s", "wall s", ""], rows, "runs-table",
                  numeric=(3, 4, 5, 6))
 

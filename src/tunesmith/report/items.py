@@ -59,7 +59,9 @@ def _cut(value: Any) -> Any:
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= MAX_CHARS else text[:MAX_CHARS] + f"… [cut: {len(text):,} characters in the eval JSON]"
+    if len(text) <= MAX_CHARS:
+        return text
+    return text[:MAX_CHARS] + f"… [cut: {len(text):,} characters in the eval JSON]"
 
 
 def _kind(suite: str, rec: Record) -> str:

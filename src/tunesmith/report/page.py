@@ -22,8 +22,8 @@ PROVENANCE = "provenance.json"
 def run_sections(run: Run, href: str) -> tuple[list[Section], list[str]]:
     """The run's sections (only those with data) and the page's data blocks."""
     evaluation, block = evaluation_section(run.evals, href)
-    sections = [overview(run), synth_section(run), data_section(run), selection_section(run), training_section(run), evaluation,
-                exports_section(run), phases_section(run, href),
+    sections = [overview(run), synth_section(run), data_section(run), selection_section(run), training_section(run),
+                evaluation, exports_section(run), phases_section(run, href),
                 provenance_section(run, run.json(PROVENANCE), href)]
     return [s for s in sections if s is not None], [block] if block else []
 

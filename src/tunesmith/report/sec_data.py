@@ -189,8 +189,8 @@ def synth_section(run: Run) -> Section | None:
               "prompt, kept when their verifier accepts them (RUN/synth/report.json)."),
             table(["source", "prompts", "sampled", "samples accepted", "sft rows", "pairs", "dropped"], rows,
                   "synth-table", numeric=(1, 2, 3, 4, 5))]
-    charts = [bars(sorted(((g, 100 * (v.get("rate") or 0)) for g, v in groups.items()), key=lambda kv: -kv[1]),
-                   f"{verifier}: samples accepted per constraint or task type", "%")
+    charts = [bars(sorted(((g, round(100 * (v.get("rate") or 0), 1)) for g, v in groups.items()),
+                          key=lambda kv: -kv[1]), f"{verifier}: samples accepted per constraint or task type", "%")
               for verifier, groups in (rep.get("acceptance") or {}).items() if groups]
     body.append(plots(*charts))
     out = rep.get("outputs") or {}
