@@ -248,7 +248,7 @@ def chained(tmp_path, tiny_dir, monkeypatch):
                                               "max_seq_len": 64},
             "train": {"method": "lora", "lora": {"r": 4}, "batch_size": 4, "max_steps": 2, "lr": 1.0e-2,
                       "save_every": 1},
-            "eval": {"suites": ["tasks"], "max_new_tokens": 3},
+            "eval": {"suites": ["tasks"], "max_new_tokens": 3, "guard": False},
             "output": {"dir": str(tmp_path / "run")},
             "then": [{"name": "dpo", "data": {"train": ["pairs.jsonl"]},
                       "train": {"objective": "dpo", "max_steps": 2, "lr": 5.0e-3}}]}

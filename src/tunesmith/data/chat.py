@@ -141,6 +141,25 @@ def check_tools_rendered(tokenizer, messages: list[dict[str, Any]], tools: list[
         raise ToolsUnsupported(f"the chat template does not render {shown}")
 
 
+def turn_end_id(tokenizer) -> int | None:
+    """The token the chat template closes an assistant turn with (its end-of-turn marker, else EOS)."""
+    vocab = tokenizer.get_vocab()
+    return next((vocab[tok] for tok in _END_OF_TURN_TOKENS if tok in vocab), tokenizer.eos_token_id)
+
+
+def answer_sample(prompt_ids: list[int], answer_ids: list[int], end_id: int | None, source: str = "", line: int = 0,
+                  meta: dict[str, Any] | None = None, max_len: int | None = None) -> TokenizedExample:
+    """An inference prompt's ids followed by an answer's ids (and `end_id` when the answer ended), labels on
+    the answer only: what a model generated after exactly that prompt, without a round trip through text
+    and the template. max_len cuts the end (the end label goes with it; `truncated` says so)."""
+    tail = [*answer_ids, *([end_id] if end_id is not None else [])]
+    ids, labels = [*prompt_ids, *tail], [IGNORE] * len(prompt_ids) + tail
+    cut = max_len is not None and len(ids) > max_len
+    if cut:
+        ids, labels = ids[:max_len], labels[:max_len]
+    return TokenizedExample(ids, labels, source, line, dict(meta or {}), truncated=cut)
+
+
 def tokenize_conversation(tokenizer, messages: list[dict[str, Any]], eot: set[int] | None = None,
                           tools: list[dict[str, Any]] | None = None, train_on: str = "assistant"
                           ) -> tuple[list[int], list[int]]:

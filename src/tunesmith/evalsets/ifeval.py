@@ -122,3 +122,12 @@ def ifeval_items(n: int, seed: int | str = 0, instruction_ids: Sequence[str] | N
         items.append({"key": key, "prompt": " ".join([base, *texts]), "instruction_id_list": chosen,
                       "kwargs": kwargs})
     return items
+
+
+GUARD_SEED = "guard"  # no integer eval seed and no synthetic-prompt stream ("synth:<seed>") draws this one
+
+
+def guard_items(n: int) -> list[dict[str, Any]]:
+    """The general-ability guard's fixed items (evaluate.guard): `n` IFEval-style items about the eval topics,
+    from their own random stream, the same on every run."""
+    return ifeval_items(n, seed=GUARD_SEED)

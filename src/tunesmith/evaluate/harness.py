@@ -34,6 +34,9 @@ class EvalContext:
     batch_size: int = 32
     limit: int | None = None  # items per suite (None: all)
     ifeval_items: int = 100
+    guard_items: int = 100  # the general-ability guard's IFEval-style items (evaluate.guard)
+    guard_max_new_tokens: int = 384
+    guard_reference: list[str] | None = None  # the base model's guard answers (None: the model is the base)
     humaneval_samples: int = 0  # >0: also sample this many completions per problem for pass@k
     humaneval_temperature: float = 0.8
     seed: int = 0
@@ -104,6 +107,16 @@ def suite_ifeval(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
     return score_ifeval(items, _chat_generate(model, tok, [it["prompt"] for it in items], ctx, label, "ifeval"))
 
 
+def suite_guard(model, tok, ctx: EvalContext, label: str) -> dict[str, Any]:
+    from ..evalsets.ifeval import guard_items
+    from .guard import eval_guard
+
+    items = guard_items(min(ctx.limit, ctx.guard_items) if ctx.limit else ctx.guard_items)
+    bounded = EvalContext(long_max_new_tokens=ctx.guard_max_new_tokens, batch_size=ctx.batch_size)
+    return eval_guard(model, tok, items, lambda prompts: _chat_generate(model, tok, prompts, bounded, label, "guard"),
+                      ctx.guard_reference, ctx.max_tokens_per_row, ctx.loss_chunk_size)
+
+
 HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Reply with the complete function in a "
                          "```python code block.\n\n```python\n{prompt}```")
 
@@ -140,6 +153,7 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "ifbench": suite_ifbench,
     "ifeval": suite_ifeval,
     "humaneval": suite_humaneval,
+    "guard": suite_guard,
 }
 LOWER_IS_BETTER = {"loss"}
 

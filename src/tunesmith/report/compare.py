@@ -3,7 +3,7 @@ its bootstrap interval, and its paired difference to the base (the first model) 
 
 Per-item scores come from the records of each suite's eval/<label>/<suite>.json:
 
-  ifeval, ifbench   prompt_level_strict, prompt_level_loose (follow_all_strict / _loose), item id `key`
+  ifeval, ifbench, guard   prompt_level_strict, prompt_level_loose (follow_all_strict / _loose), item id `key`
   tasks             exact_match (`correct`), item id the prompt (held-out prompts are unique)
   humaneval         pass@1 (passing samples / samples: the greedy answer, or the unbiased pass@1 of
                     sampled ones), item id `task_id`
@@ -28,11 +28,12 @@ _IF = (("prompt_level_strict", lambda r: r["follow_all_strict"]),
 ITEM_METRICS: dict[str, tuple[Callable[[Record], str], tuple[tuple[str, Callable[[Record], Any]], ...]]] = {
     "ifeval": (lambda r: str(r["key"]), _IF),
     "ifbench": (lambda r: str(r["key"]), _IF),
+    "guard": (lambda r: str(r["key"]), _IF),
     "tasks": (lambda r: r["prompt"], (("exact_match", lambda r: r["correct"]),)),
     "humaneval": (lambda r: r["task_id"], (("pass@1", lambda r: r["correct"] / max(1, len(r.get("results") or [1]))),)),
     "data": (lambda r: f"{r['source']}:{r['line']}", (("score", lambda r: r["verdict"]),)),
 }
-SUITE_NAMES = {"ifeval": "IFEval-style", "ifbench": "IFBench", "tasks": "tasks", "humaneval": "HumanEval",
+SUITE_NAMES = {"ifeval": "IFEval-style", "ifbench": "IFBench", "guard": "general guard (IFEval-style)", "tasks": "tasks", "humaneval": "HumanEval",
                "data": "data"}
 METRIC_NAMES = {"prompt_level_strict": "prompt strict", "prompt_level_loose": "prompt loose",
                 "exact_match": "exact match", "pass@1": "pass@1", "score": "score"}

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..io import sha256_files
+from .guard import verdict_markdown
 from .tables import fmt, title
 
 
@@ -113,6 +114,8 @@ def run_model_card(run_dir: str | Path, base_sha256: str | None = None) -> str:
     if data:
         lines += _data_lines(data)
     lines += _eval_lines(run_dir, summary)
+    if summary.get("guard"):
+        lines += ["## Specialisation and general ability", "", verdict_markdown(summary["guard"]), ""]
     lines += export_lines(exports, "export/")
     lines += ["## Reproduce", "", "    tunesmith run " + str(run_dir / "config.yaml") + " --output.dir NEW_DIR", ""]
     if exports:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
 from .. import ui
 from .compare import comparison_markdown, comparison_rich_table
+from .guard import verdict_markdown
 from .tables import comparison_table, fmt
 
 
@@ -52,6 +55,9 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines += ["", "| task | n | base | tuned |", "|---|---|---|---|"]
         for t, v in s["per_task"].items():
             lines.append(f"| {t} | {v['n']} | {fmt(v['before'], 'tasks')} | {fmt(v['after'], 'tasks')} |")
+    if s.get("guard"):
+        lines += ["", "## Specialisation and general ability (base vs tuned, paired by item)", "",
+                  verdict_markdown(s["guard"]).rstrip()]
     if s.get("phases"):
         lines += ["", "## Phases (`then:`), each from the previous model", "",
                   "| phase | method | steps | final loss | merged model | wall s |", "|---|---|---|---|---|---|"]
@@ -82,6 +88,9 @@ def print_summary(s: dict[str, Any]) -> None:
         for t, v in s["per_task"].items():
             per.add_row(t, str(v["n"]), fmt(v["before"], "tasks"), fmt(v["after"], "tasks"))
         ui.console.print(per)
+    if s.get("guard"):
+        style = "bold yellow" if s["guard"]["warning"] else "green"
+        ui.log(f"[{style}]{escape(s['guard']['message'])}[/]")
     ui.log(f"run directory: {s['run_dir']}  (merged model: {s['merged_model']}; wall {s['wall_seconds']} s)")
 
 

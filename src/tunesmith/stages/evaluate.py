@@ -42,13 +42,17 @@ class SuiteOptions(Section):
     """Which suites, and how generation is bounded (shared by the recipe and `tunesmith eval`)."""
 
     suites: list[str] = Field(["tasks", "loss"], description="tasks, loss, data (your held-out conversations, by "
-                                                             "generation), robustness, ifbench, ifeval, humaneval")
+                                                             "generation), robustness, ifbench, ifeval, humaneval, "
+                                                             "guard (general ability: IFEval-style answers and the "
+                                                             "loss on the base's answers)")
     max_new_tokens: int = Field(32, ge=1, description="new tokens for short-answer suites (tasks, robustness)")
     long_max_new_tokens: int = Field(512, ge=1, description="new tokens for open-ended suites (ifbench, ifeval, "
                                                             "humaneval)")
     batch_size: int = Field(32, ge=1, description="prompts per generation batch")
     limit: int | None = Field(None, ge=1, description="items per suite (default: all)")
     ifeval_items: int = Field(100, ge=1, description="IFEval-style items generated")
+    guard_items: int = Field(100, ge=1, description="guard suite: its fixed IFEval-style general prompts")
+    guard_max_new_tokens: int = Field(384, ge=1, description="guard suite: new tokens per answer")
     humaneval_samples: int = Field(0, ge=0, description="sampled completions per problem for pass@k (0: greedy only)")
     match: str = Field("normalized", description="data suite: how a reply is compared with the reference: exact, "
                                                  "normalized, contains, regex, or your checker module:function or "
@@ -80,6 +84,8 @@ class EvalConfig(SuiteOptions):
     """The recipe's `eval:` section: before and after tuning, and cheap suites during training."""
 
     before: bool = Field(True, description="evaluate the base model")
+    guard: bool = Field(True, description="general-ability guard: the guard suite before and after tuning, and "
+                                          "specialisation vs general change (with a warning) in the summary")
     after: bool = Field(True, description="evaluate the tuned model")
     every: int = Field(0, ge=0, description="evaluate every N training steps (0: off)")
     during: list[str] = Field(["loss"], description="cheap suites to run during training")
@@ -130,6 +136,7 @@ def eval_context(opts: SuiteOptions, task_items: list[TaskItem], loss_samples: l
                        max_new_tokens=opts.max_new_tokens,
                        long_max_new_tokens=opts.long_max_new_tokens, batch_size=opts.batch_size,
                        limit=opts.during_limit if during else opts.limit, ifeval_items=opts.ifeval_items,
+                       guard_items=opts.guard_items, guard_max_new_tokens=opts.guard_max_new_tokens,
                        humaneval_samples=0 if during else opts.humaneval_samples,
                        seed=seed, max_tokens_per_row=max_tokens_per_row, loss_chunk_size=loss_chunk_size)
 

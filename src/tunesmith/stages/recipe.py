@@ -4,6 +4,7 @@
     curate:  stages.curate.CurateConfig     select:  stages.select.SelectConfig (optional)
     synth:   stages.synth.SynthSection (optional: synthetic data made first, into RUN/synth)
     train:   train.config.TrainConfig  eval:    stages.evaluate.EvalConfig
+    replay:  stages.replay.ReplayConfig (the base's own answers mixed into SFT training; ratio 0: off)
     export:  stages.export.ExportOptions   output:  OutputConfig
     then:    [Phase]: further runs, each from the previous one's merged model (see `phase_recipe`)
 
@@ -37,6 +38,7 @@ from .curate import CurateConfig
 from .data import DataConfig
 from .evaluate import EvalConfig
 from .export import ExportOptions
+from .replay import ReplayConfig
 from .select import SelectConfig
 from .synth import SynthSection
 
@@ -85,6 +87,7 @@ class Recipe(Section):
     synth: SynthSection | None = Field(None, description="verifier-filtered synthetic data made first into "
                                                          "RUN/synth; its output joins data.train (absent: none)")
     train: TrainConfig = TrainConfig()
+    replay: ReplayConfig = ReplayConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportOptions = ExportOptions()
     output: OutputConfig = OutputConfig()

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..io import write_json, write_text
 from ..models import base_weights_sha256, load_configured_model, load_tokenizer
 from ..report.compare import compare_evals
+from ..report.guard import guard_verdict
 from ..report.model_card import run_model_card
 from ..report.summary import build_summary, print_phases_summary, print_summary, summary_markdown
 from ..train.distributed import DistInfo, init_distributed
@@ -42,6 +43,7 @@ from .outputs import out_dir, prepare_out
 from .prepare import prepare_data
 from .recipe import Recipe, dump_recipe, parent_label, phase_recipe
 from .report import report_at_end
+from .replay import add_replay
 from .synth import with_synth_data
 from .train import fit, keep_best, save, setup_model
 
@@ -73,12 +75,37 @@ def _data(recipe: Recipe, tokenizer, run_dir: Path | None, info: DistInfo) -> Da
     return data
 
 
-def _evaluate_base(model, tokenizer, recipe: Recipe, ctx, run_dir: Path, resume: bool) -> dict[str, Any]:
+def _evaluate_base(model, tokenizer, suites: list[str], ctx, run_dir: Path, resume: bool) -> dict[str, Any]:
     before_dir = run_dir / "eval" / "before"
     if resume and before_dir.is_dir() and any(before_dir.glob("*.json")):
         ui.log("base-model evaluation reused from eval/before/")
         return load_evals(before_dir)
-    return evaluate(model, tokenizer, recipe.eval.suites, ctx, "base", before_dir)
+    return evaluate(model, tokenizer, suites, ctx, "base", before_dir)
+
+
+def run_suites_of(cfg) -> list[str]:
+    """The suites a run evaluates before and after: eval.suites, and the guard unless eval.guard is off."""
+    return [*cfg.suites, *(["guard"] if cfg.guard and "guard" not in cfg.suites else [])]
+
+
+def guard_reference(before: dict[str, Any] | None) -> list[str] | None:
+    """The base's own guard answers (the reference of the tuned model's guard loss), if the base ran the guard."""
+    guard = (before or {}).get("guard")
+    if not guard or any("reference_answer" not in r for r in guard["records"]):
+        return None
+    return [r["reference_answer"] for r in guard["records"]]
+
+
+def _replay(recipe: Recipe, data: DataBundle, model, tokenizer, run_dir: Path, info: DistInfo) -> None:
+    """The base model's own answers mixed into the training rows (recipe.replay), before the model is tuned."""
+    if not recipe.replay.ratio:
+        return
+    if recipe.train.objective != "sft":
+        ui.log(f"replay: not used with train.objective {recipe.train.objective} (it mixes answers into SFT rows)")
+        return
+    if add_replay(recipe.replay, data, model, tokenizer, recipe.model, run_dir if info.is_main else None,
+                  recipe.data.max_seq_len, info.world_size) and info.is_main:
+        write_json(run_dir / "data_report.json", data.report)
 
 
 def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: bool = False) -> dict[str, Any]:
@@ -114,10 +141,13 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
     ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
                        tcfg.loss_chunk_size, data_items=data.eval_examples)
     evals: dict[str, Any] = {}
+    suites = run_suites_of(recipe.eval)
     if do_eval and recipe.eval.before:
-        evals["before"] = _evaluate_base(model, tokenizer, recipe, ctx, run_dir, resume)
+        evals["before"] = _evaluate_base(model, tokenizer, suites, ctx, run_dir, resume)
     elif do_eval and base_evals:
         evals["before"] = base_evals
+    ctx.guard_reference = guard_reference(evals.get("before"))
+    _replay(recipe, data, model, tokenizer, run_dir, info)
 
     model = setup_model(model, tcfg)
     during_ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
@@ -130,12 +160,13 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
     kept = keep_best(model, best, recipe.eval.keep_best, run_dir)
     adapter_dir, model_dir, model = save(model, tokenizer, run_dir, recipe.output.merge)
     if do_eval and recipe.eval.after:
-        evals["after"] = evaluate(model, tokenizer, recipe.eval.suites, ctx, "tuned", run_dir / "eval" / "after")
+        evals["after"] = evaluate(model, tokenizer, suites, ctx, "tuned", run_dir / "eval" / "after")
 
     method = tcfg.method if tcfg.objective == "sft" else f"{tcfg.method}, dpo ({tcfg.dpo.loss})"
     about = {"model": recipe.model.name, "method": method, "run_dir": recipe.output.dir}
     summary = build_summary(about, data.report, result, evals, adapter_dir, model_dir, time.perf_counter() - t_start)
     summary["checkpoint_kept"] = kept
+    summary["guard"] = guard_verdict(evals.get("before", {}), evals.get("after", {}))
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "summary.md", summary_markdown(summary))
     print_summary(summary)
