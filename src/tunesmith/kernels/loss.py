@@ -8,6 +8,8 @@ of `chunk_size` rows, so the (tokens x vocab) logit matrix never exists:
                           backward keeps no logits alive
   chunked_token_logprobs  log-probability of every target (preference losses need them one by
                           one); backward recomputes each chunk's logits, so no logits are kept
+  chunked_kl_to_reference summed KL(reference || model) at the same positions (a pull towards the
+                          base model), gradients formed in the forward pass as for the CE
   token_cross_entropy     per-token losses (evaluation, selection features; autograd as usual)
   packed_token_losses     per-token losses of a padding-free packed row, through the model
   padded_label_losses     mean loss per row of a right-padded batch (selection, LESS gradients)
@@ -75,6 +77,42 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
     hidden [M, H] (label positions only), weight [V, H], targets [M]. Returns a 0-d fp32 tensor.
     """
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)
+
+
+class _ChunkedLinearKL(torch.autograd.Function):
+    """sum_i KL(softmax(ref_i @ weight.T + b) || softmax(hidden_i @ weight.T + b)): the reference's
+    distribution is the target, gradients (to hidden only) formed chunk by chunk as in the CE."""
+
+    @staticmethod
+    def forward(ctx, hidden, ref_hidden, weight, bias, chunk_size):
+        # hidden, ref_hidden [M, H] (the same positions), weight [V, H], bias [V] or None
+        need_h = ctx.needs_input_grad[0]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        total = torch.zeros((), dtype=_logit_dtype(hidden.dtype), device=hidden.device)  # fp32, fp64 for fp64
+        for start in range(0, hidden.shape[0], chunk_size):
+            logp = _chunk_logits(hidden[start:start + chunk_size], weight, bias).log_softmax(-1)  # [C, V] fp32
+            logr = _chunk_logits(ref_hidden[start:start + chunk_size], weight, bias).log_softmax(-1)  # [C, V]
+            r = logr.exp()
+            total += (r * (logr - logp)).sum()
+            if need_h:  # d KL / d logits = softmax(policy) - softmax(reference)
+                grad_h[start:start + chunk_size] = (logp.exp_().sub_(r)).to(hidden.dtype) @ weight
+        ctx.save_for_backward(grad_h)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_h,) = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * grad_out.to(grad_h.dtype)), None, None, None, None
+
+
+def chunked_kl_to_reference(hidden: torch.Tensor, ref_hidden: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None, chunk_size: int = 512) -> torch.Tensor:
+    """Summed KL(reference || model) of the output layer's distributions at the same positions, in chunks.
+
+    hidden [M, H] (the model's, with grad), ref_hidden [M, H] (the reference's, no grad), weight [V, H].
+    The output layer is taken as frozen (no gradient to weight or bias: LoRA does not train it).
+    """
+    return _ChunkedLinearKL.apply(hidden, ref_hidden.detach(), weight, bias, chunk_size)
 
 
 class _ChunkedLinearLogProbs(torch.autograd.Function):

@@ -103,6 +103,13 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _kl_needs_replay(self) -> "Recipe":
+        if self.train.kl_to_base and not self.replay.ratio:
+            raise ValueError("train.kl_to_base pulls the replay rows' answers towards the base model: set "
+                             "replay.ratio > 0 (e.g. 0.25), or train.kl_to_base: 0")
+        return self
+
+    @model_validator(mode="after")
     def _own_eval_set(self) -> "Recipe":
         """data.eval is scored by generation too (the `data` suite) unless eval.suites says otherwise."""
         if self.data.eval and "suites" not in self.eval.model_fields_set and "data" not in self.eval.suites:

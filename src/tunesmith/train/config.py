@@ -78,6 +78,9 @@ class TrainConfig(Section):
     fused_lora: bool = Field(True, description="fold the LoRA product into the base GEMM (addmm) while training")
     swiglu_recompute: bool = Field(True, description="SwiGLU MLPs keep only gate and up for backward "
                                                      "(~30% less activation memory)")
+    kl_to_base: float = Field(0.0, ge=0.0, description="weight of a KL(base || tuned) term on the answer tokens of "
+                                                        "replay rows (LoRA: the base is the model with the adapter "
+                                                        "off; needs replay.ratio > 0; 0: off)")
     save_every: int = Field(50, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the best one is never pruned)")
     log_every: int = Field(1, ge=1, description="steps between metrics.jsonl lines")
@@ -92,6 +95,13 @@ class TrainConfig(Section):
                              f"(lora or full); write train.objective: dpo" +
                              (f" with train.dpo.loss: {value.lower()}" if value.lower() in ("ipo", "simpo") else ""))
         return value
+
+    @model_validator(mode="after")
+    def _check_kl(self) -> "TrainConfig":
+        if self.kl_to_base and (self.method != "lora" or self.objective != "sft"):
+            raise ValueError("train.kl_to_base needs train.method: lora and train.objective: sft (the base is the "
+                             "model with its adapter off)")
+        return self
 
     @model_validator(mode="after")
     def _check_micro(self) -> "TrainConfig":

@@ -70,12 +70,21 @@ def step_indices(step: int, n_samples: int, cfg: TrainConfig) -> list[int]:
 
 
 def _micro_rows(samples: list[TokenizedExample], cfg: TrainConfig):
-    """Split this rank's step samples into micro-batches, each packed into padding-free rows."""
+    """Split this rank's step samples into micro-batches, each packed into padding-free rows:
+    [(row, the samples it holds, in order)]."""
     micro = cfg.micro_batch_size or len(samples)
     rows = []
     for start in range(0, len(samples), micro):
-        rows.extend(pack_rows(samples[start:start + micro], cfg.max_tokens_per_row))
+        group = samples[start:start + micro]
+        for row in pack_rows(group, cfg.max_tokens_per_row):  # pack_rows keeps the order
+            rows.append((row, group[:row.n_samples]))
+            group = group[row.n_samples:]
     return rows
+
+
+def replay_target_mask(samples: list[TokenizedExample]) -> torch.Tensor:
+    """bool [T] over a packed row's targets (sample by sample, in order): True on replay rows' answer tokens."""
+    return torch.tensor([bool(s.meta.get("replay")) for s in samples for _ in range(s.n_trainable)], dtype=torch.bool)
 
 
 def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: TrainConfig, info: DistInfo):
@@ -88,13 +97,14 @@ def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: Tra
     rows = _micro_rows(batch[info.rank::info.world_size], cfg)
     loss_sum = torch.zeros((), dtype=torch.float64)
     n_tokens = 0
-    for k, row in enumerate(rows):
+    for k, (row, row_samples) in enumerate(rows):
         last = k == len(rows) - 1
         # DDP: all-reduce gradients once per step, on the last micro-batch only.
         ctx = loss_module.no_sync() if not last and hasattr(loss_module, "no_sync") else nullcontext()
+        kl = {"kl_mask": replay_target_mask(row_samples).to(info.device)} if cfg.kl_to_base else {}
         with ctx:
             row_loss = loss_module(row.input_ids.to(info.device), row.position_ids.to(info.device),
-                                   row.targets.to(info.device))
+                                   row.targets.to(info.device), **kl)
             # DDP averages gradients over ranks, so scale by world size to get a sum.
             (row_loss * (info.world_size / n_targets)).backward()
         loss_sum += row_loss.detach().double().cpu()
@@ -157,8 +167,9 @@ class Trainer:
             self.reference = load_or_compute_reference(model, samples, cfg, run_dir, self.info)
         model.train()
         loss_cls = PackedLogProbs if self.dpo else PackedLoss
+        extra = {} if self.dpo else {"kl_weight": cfg.kl_to_base}
         self.loss_module = loss_cls(model, cfg.loss_chunk_size, cfg.fused_lora,
-                                    cfg.swiglu_recompute).to(self.info.device)
+                                    cfg.swiglu_recompute, **extra).to(self.info.device)
         if self.info.world_size > 1:
             self.loss_module = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None)

@@ -7,11 +7,12 @@ fused LoRA and memory-light SwiGLU.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..data.chat import IGNORE
 from ..kernels.attention import packed_attention_enabled
-from ..kernels.loss import chunked_cross_entropy
+from ..kernels.loss import chunked_cross_entropy, chunked_kl_to_reference
 from ..kernels.unwrap import unwrap
 from .fused_lora import fused_lora_enabled
 from .swiglu import light_swiglu_enabled
@@ -27,12 +28,13 @@ class PackedLoss(nn.Module):
     """
 
     def __init__(self, model: nn.Module, chunk_size: int = 512, fused_lora: bool = True,
-                 swiglu_recompute: bool = True):
+                 swiglu_recompute: bool = True, kl_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         self.fused_lora = fused_lora
         self.swiglu_recompute = swiglu_recompute
+        self.kl_weight = kl_weight
 
     def hidden(self, input_ids, position_ids):
         """The decoder's last hidden states of a packed row: [1, L] ids -> [1, L, H]."""
@@ -43,8 +45,22 @@ class PackedLoss(nn.Module):
             return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                     attention_mask=None).last_hidden_state  # [1, L, H]
 
-    def forward(self, input_ids, position_ids, targets):
+    def base_hidden(self, input_ids, position_ids):
+        """The base model's hidden states of the row (the adapter off, no gradient): [1, L, H]."""
+        if not hasattr(self.model, "disable_adapter"):
+            raise ValueError("a KL term to the base needs a LoRA (PEFT) model: the base is the adapter switched off")
+        with torch.no_grad(), self.model.disable_adapter():
+            return self.hidden(input_ids, position_ids)
+
+    def forward(self, input_ids, position_ids, targets, kl_mask=None):
+        """kl_mask: bool [T] over the row's T targets (in order), True where the KL term to the base applies."""
         hidden = self.hidden(input_ids, position_ids)  # [1, L, H]
         keep = targets != IGNORE  # [1, L]
         head = unwrap(self.model).get_output_embeddings()
-        return chunked_cross_entropy(hidden[keep], head.weight, head.bias, targets[keep], self.chunk_size)
+        h = hidden[keep]  # [T, H]
+        loss = chunked_cross_entropy(h, head.weight, head.bias, targets[keep], self.chunk_size)
+        if self.kl_weight and kl_mask is not None and bool(kl_mask.any()):
+            ref = self.base_hidden(input_ids, position_ids)[keep][kl_mask]  # [K, H]
+            loss = loss + self.kl_weight * chunked_kl_to_reference(h[kl_mask], ref, head.weight, head.bias,
+                                                                   self.chunk_size)
+        return loss
