@@ -19,3 +19,7 @@ class UsageError(UserError):
 
 class DataError(UserError):
     """Unusable training data under `on_error: fail`."""
+
+
+class DiskFullError(UserError):
+    """The disk (or quota) filled up while writing; the message says how much was needed and what is free."""

@@ -7,6 +7,7 @@ half-written file that looks complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DiskFullError
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left", "disk quota exceeded"
 
 def cache_root() -> Path:
     """Where caches live (converted models, NLTK data, selection features): $TUNESMITH_CACHE,
@@ -57,6 +61,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with open(tmp, mode, **kwargs) as fh:
             yield fh
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in FULL:
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        raise DiskFullError(disk_full_message(path, written, None)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -91,13 +101,47 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _size(path: Path) -> int:
+    """Bytes in a file or under a folder (0 when it is gone)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def disk_full_message(path: Path, written: int, need_bytes: int | None, advice: str | None = None) -> str:
+    """What did not fit where: the size needed (the estimate, or at least what was written before the disk
+    filled up), what is free now that the partial write is removed, and what to do (`advice`)."""
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+    except OSError:
+        free = None
+    need = max(need_bytes or 0, written)
+    needs = f"needs about {human_bytes(need)}" if need_bytes else f"needs more than the {human_bytes(written)} " \
+                                                                   "written before the disk filled up"
+    return (f"no space left on the device writing {path}: it {needs}"
+            + (f", and {human_bytes(free)} are free" if free is not None else "")
+            + f"; the partial write was removed and {path.name} is as it was before.\n"
+            + (advice or "Free some space (or write elsewhere) and run the command again"))
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, durable: bool = False, need_bytes: int | None = None,
+               advice: str | None = None) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `path` (a hidden name, unique to this process); on a
     clean exit it replaces the folder `path` whole, on an error it is removed.
 
     durable: fsync every file and both folders before and after the rename (checkpoints), so a
     power cut cannot leave a renamed folder whose files are still only in the page cache.
+    need_bytes, advice: the expected size of the folder and what to do, said in the message when the disk
+    fills up (a DiskFullError: the temporary folder is removed and `path` is left as it was).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,12 +155,20 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]
                 if f.is_file():
                     _fsync(f)
             _fsync(tmp)
+        old = None
         if path.exists():  # moved aside first: a rename is atomic, a recursive delete is not
             old = path.with_name(f".{path.name}.old{os.getpid()}")
             os.replace(path, old)
-            shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, path)
         if durable:
             _fsync(path.parent)
+        if old is not None:  # deleted only once the new folder is in place
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if exc.errno not in FULL:
+            raise
+        written = _size(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFullError(disk_full_message(path, written, need_bytes, advice)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,11 +4,16 @@ A checkpoint is a directory `checkpoints/step-000123/` holding the trainable wei
 (safetensors), optimizer and scheduler state, every RNG state, and the step. It is written into a
 temporary (hidden) directory, a `COMPLETE` marker is written last, everything is fsynced, and only
 then is the directory renamed into place: a run killed mid-write leaves no `step-*` directory.
+The marker holds the sha256 of every file, checked on load: a damaged checkpoint (a bit flip, a
+file truncated or replaced later) is never loaded; resume takes the newest one that checks out.
+Only safetensors and `torch.load(weights_only=True)` are read: a state file holding other pickled
+objects is refused, and nothing in it runs.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -18,7 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import atomic_dir
+from ..errors import UserError
+from ..io import atomic_dir, sha256_files
 
 MARKER = "COMPLETE"
 
@@ -45,17 +51,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(UserError):
+    """A checkpoint that must not be loaded: damaged (its files do not match the marker) or holding pickled objects."""
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a nested dict/list (the size a checkpoint of it needs on disk, roughly)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], optimizer, scheduler,
-                    extra: dict[str, Any], keep: int, protect: int | None = None) -> Path:
+                    extra: dict[str, Any], keep: int, protect: int | None = None,
+                    rng: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `step` atomically and prune all but the newest `keep` complete ones
-    (never the `protect` step: the best checkpoint so far)."""
+    (never the `protect` step: the best checkpoint so far).
+
+    rng: the RNG states to store (default: the current ones).
+    A full disk ends in a DiskFullError naming the size needed; the checkpoints already there stay as they were.
+    """
     final = ckpt_root / f"step-{step:06d}"
-    with atomic_dir(final, durable=True) as tmp:
+    opt_state = optimizer.state_dict()
+    need = tensor_bytes(weights) + tensor_bytes(opt_state) + (1 << 20)
+    latest = latest_checkpoint(ckpt_root)
+    advice = (f"The latest complete checkpoint, {latest}, is intact. " if latest else "No earlier checkpoint exists. ") \
+        + "Free some space (or set output.dir on a larger disk), then run again with --resume"
+    with atomic_dir(final, durable=True, need_bytes=need, advice=advice) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rng or rng_state()},
                    tmp / "state.pt")
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **extra}, indent=2))
-        (tmp / MARKER).write_text(str(step))
+        sums = {f.name: sha256_files([f]) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / MARKER).write_text(json.dumps({"step": step, "sha256": sums}, indent=2))
     for old in complete_checkpoints(ckpt_root)[:-keep]:
         if protect is None or old.name != f"step-{protect:06d}":
             shutil.rmtree(old, ignore_errors=True)
@@ -76,9 +108,38 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointError unless every file the marker lists has its recorded sha256 (markers without
+    sums, from older versions, are taken as they are)."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return  # an older marker: the step number only
+    if not isinstance(marker, dict):
+        return
+    for name, digest in marker.get("sha256", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing")
+        if sha256_files([f]) != digest:
+            raise CheckpointError(f"checkpoint {path} is damaged: {name} does not match the sha256 recorded "
+                                  "when it was written")
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """(weights, state with optimizer/scheduler/rng, trainer.json contents)."""
+    """(weights, state with optimizer/scheduler/rng, trainer.json contents), after verify_checkpoint.
+
+    The state is read with torch.load(weights_only=True): pickled objects other than tensors and plain
+    containers are refused before anything in them runs (a CheckpointError)."""
+    verify_checkpoint(path)
     weights = load_file(str(path / "weights.safetensors"))
-    state = torch.load(path / "state.pt", weights_only=True)
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refused to load {path / 'state.pt'}: it holds pickled objects other than tensors "
+                              f"and plain containers ({first[:200]}); nothing in it was run. A tunesmith checkpoint "
+                              "never does: the file was made or changed elsewhere. Delete this checkpoint folder "
+                              "(resume then takes the one before) or start a new output.dir") from None
     meta = json.loads((path / "trainer.json").read_text())
     return weights, state, meta
