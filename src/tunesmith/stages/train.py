@@ -60,6 +60,8 @@ def fit(model, data: DataBundle, cfg: TrainConfig, run_dir: Path, resume: bool, 
 
 
 def _progress_text(rec: dict[str, Any]) -> str:
+    if rec.get("nonfinite"):
+        return f"step {rec['step']} skipped (loss {rec['loss']})"
     acc = f"  acc {rec['reward_accuracy']:.2f}" if "reward_accuracy" in rec else ""
     return f"loss {rec['loss']:.4f}{acc}  {rec['tokens_per_s']:.0f} tok/s"
 

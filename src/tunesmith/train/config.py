@@ -73,6 +73,11 @@ class TrainConfig(Section):
     warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm (null: off)")
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a step whose loss or gradient norm is NaN/inf "
+                                                  "(caught before the update): stop (save the state before it, name "
+                                                  "its samples) or skip (drop the step, log it in metrics.jsonl)")
+    max_consecutive_skips: int = Field(5, ge=1, description="on_nonfinite skip: stop once this many steps in a row "
+                                                            "were skipped")
     seed: int = Field(0, description="LoRA initialisation and data order")
     loss_chunk_size: int = Field(512, ge=1, description="label positions per output-layer chunk")
     fused_lora: bool = Field(True, description="fold the LoRA product into the base GEMM (addmm) while training")

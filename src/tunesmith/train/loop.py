@@ -27,9 +27,12 @@ from ..data.chat import TokenizedExample, TokenizedPair
 from ..data.packing import pack_rows
 from .config import TrainConfig
 from ..errors import UserError
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from .. import ui
+from .checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, rng_state, save_checkpoint, \
+    set_rng_state
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .loss import PackedLoss
+from . import nonfinite
 from .preference import PackedLogProbs, Reference, forward_backward_pairs, load_or_compute_reference, step_record
 from .schedule import build_optimizer, build_scheduler
 from .setup import load_trainable_state, trainable_state
@@ -44,6 +47,7 @@ class TrainResult:
     tokens: int = 0  # non-padding tokens processed in this invocation
     resumed_from: int | None = None
     stopped_early: bool = False
+    skipped: list[int] = field(default_factory=list)  # steps dropped for a non-finite loss (on_nonfinite: skip)
     reference: str | None = None  # dpo: how the reference log-probs were obtained (computed, reused, ...)
 
 
@@ -182,13 +186,28 @@ class Trainer:
         self.result = TrainResult(steps=self.n_total, reference=self.reference.status if self.reference else None)
         self.saved: set[int] = set()
         self.log: MetricsLog | None = None
+        self.skips = 0  # non-finite steps skipped in a row (checkpointed: resume goes on counting)
 
     def restore(self) -> None:
-        """Continue from the latest complete checkpoint: weights, optimizer, scheduler, RNG, step."""
-        latest = latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
-        if latest is None:
+        """Continue from the latest complete checkpoint: weights, optimizer, scheduler, RNG, step.
+
+        A damaged checkpoint (its files do not match the sums in its marker) is never loaded: it is named in
+        the log and the one before it is taken."""
+        found = complete_checkpoints(self.ckpt_root) if self.ckpt_root is not None else []
+        for latest in reversed(found):
+            try:
+                weights, state, meta = load_checkpoint(latest)
+                break
+            except CheckpointError as exc:
+                if "damaged" not in str(exc):
+                    raise
+                if self.info.is_main:
+                    ui.log(f"[yellow]warning:[/] {exc}; not used")
+        else:
+            if found:
+                raise UserError(f"every checkpoint in {self.ckpt_root} is damaged: start a new output.dir "
+                                "(or --overwrite)")
             return
-        weights, state, meta = load_checkpoint(latest)
         if (meta.get("total_steps"), meta.get("seed")) != (self.n_total, self.cfg.seed):
             raise UserError(f"{latest} was written by a run with {meta.get('total_steps')} steps and seed "
                             f"{meta.get('seed')}, this one has {self.n_total} steps and seed {self.cfg.seed}: "
@@ -197,6 +216,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        self.skips = int(meta.get("consecutive_skips", 0))
         self.start = self.result.resumed_from = meta["step"]
 
     def _open_log(self) -> MetricsLog:
@@ -206,8 +226,11 @@ class Trainer:
                           self.start)
 
     def step(self, step: int, t0: float) -> dict:
-        """One optimizer step (1-based `step`): forward/backward over the global batch, clip, update."""
+        """One optimizer step (1-based `step`): forward/backward over the global batch, clip, update.
+
+        A loss or gradient norm that is not finite is caught before the update (see `nonfinite`)."""
         cfg, t_step = self.cfg, time.perf_counter()
+        rng_before = rng_state()  # a stop saves the state before this step, RNG included
         indices = step_indices(step - 1, len(self.samples), cfg)
         batch = [self.samples[i] for i in indices]
         if self.dpo:
@@ -216,21 +239,21 @@ class Trainer:
         else:
             loss_sum, n_tokens, n_rows = forward_backward(self.loss_module, self.model, batch, cfg, self.info)
             sums = torch.tensor([float(loss_sum), float(n_tokens)], dtype=torch.float64)
-        grad_norm = None
-        if cfg.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-        totals = all_reduce_sum(sums, self.info)
+        totals = all_reduce_sum(sums, self.info)  # before the update: every rank decides alike
+        grad_norm = self._grad_norm()
         if self.dpo:
             metrics = step_record(totals, batch, cfg.dpo)
         else:
             n_targets = sum(s.n_trainable for s in batch)
             metrics = {"loss": float(totals[0]) / n_targets, "tokens": int(totals[1]), "targets": n_targets}
+        if not nonfinite.is_finite(totals, grad_norm):
+            return self._nonfinite(step, batch, metrics["loss"], grad_norm, rng_before)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skips = 0
+
         self.result.losses.append(metrics["loss"])
         self.result.tokens += metrics["tokens"]
         dt = time.perf_counter() - t_step
@@ -238,12 +261,53 @@ class Trainer:
                 "samples": len(batch), "rows": n_rows,
                 "tokens_per_s": round(metrics["tokens"] / dt, 1), "elapsed_s": round(time.perf_counter() - t0, 2)}
 
-    def checkpoint(self, step: int) -> None:
-        """Save step `step` (rank 0, once per step), protecting the best checkpoint from pruning."""
+    def _grad_norm(self) -> float:
+        """The global gradient norm (clipped to cfg.grad_clip when set; a non-finite norm leaves grads as they are
+        for the caller to throw away)."""
+        params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        if self.cfg.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def _nonfinite(self, step: int, batch, loss: float, grad_norm: float, rng_before) -> dict:
+        """A non-finite step: the gradient is thrown away; skip it (on_nonfinite: skip, under the limit) or
+        checkpoint the state before it and stop with one message."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        alone = nonfinite.alone_losses(self.loss_module, batch, cfg, self.info.device)
+        skip = cfg.on_nonfinite == "skip" and self.skips < cfg.max_consecutive_skips
+        record = nonfinite.record(step, loss, grad_norm, "skipped" if skip else "stopped", batch, alone)
+        if skip:
+            self.skips += 1
+            self.result.skipped.append(step)
+            if self.info.is_main:
+                names, _ = nonfinite.culprits(batch, alone)
+                ui.log(f"[yellow]step {step} skipped:[/] loss {loss}, gradient norm {grad_norm} (not finite); "
+                       f"samples {', '.join(names[:nonfinite.NAMED])}{' ...' if len(names) > nonfinite.NAMED else ''}"
+                       f" ({self.skips} in a row, at most {cfg.max_consecutive_skips})")
+            return record
+        self.log.write(record)
+        saved = None
+        if self.ckpt_root is not None:
+            self.checkpoint(step - 1, rng=rng_before)
+            saved = self.ckpt_root / f"step-{step - 1:06d}"
+        self.result.stopped_early = True
+        raise nonfinite.NonFiniteError(nonfinite.stop_message(step, loss, grad_norm, batch, alone, saved,
+                                                              self.skips, cfg.max_consecutive_skips))
+
+    def checkpoint(self, step: int, rng: dict | None = None) -> None:
+        """Save step `step` (rank 0, once per step), protecting the best checkpoint from pruning.
+
+        rng: the RNG states to store with it (default: the current ones)."""
         if self.ckpt_root is not None and self.info.is_main and step not in self.saved:
+            if (self.ckpt_root / f"step-{step:06d}" / "COMPLETE").is_file() and step == self.start:
+                return  # the checkpoint this invocation resumed from
             save_checkpoint(self.ckpt_root, step, trainable_state(self.model), self.optimizer, self.scheduler,
-                            {"total_steps": self.n_total, "seed": self.cfg.seed}, self.cfg.keep_checkpoints,
-                            protect=self.best.step if self.best is not None else None)
+                            {"total_steps": self.n_total, "seed": self.cfg.seed, "consecutive_skips": self.skips},
+                            self.cfg.keep_checkpoints, protect=self.best.step if self.best is not None else None,
+                            rng=rng)
             self.saved.add(step)
 
     def evaluate(self, step: int) -> None:
@@ -263,27 +327,28 @@ class Trainer:
         """Train from the current step to the end (or to `stop_after`, as an interruption would)."""
         self.log = self._open_log()
         t0 = time.perf_counter()
-        with _deferred_interrupt() as interrupted:
-            for step in range(self.start + 1, self.n_total + 1):
-                record = self.step(step, t0)
-                if self._due(step, self.cfg.log_every):
-                    self.log.write(record)
-                if progress is not None and self.info.is_main:
-                    progress(step, self.n_total, record)
-                if self._due(step, self.cfg.save_every):
-                    self.checkpoint(step)
-                if self.evaluator is not None and self.info.is_main and self.eval_every and \
-                        self._due(step, self.eval_every):
-                    self.evaluate(step)
-                stop = stop_after is not None and self.start < step < self.n_total and step >= stop_after
-                if interrupted() or stop:
-                    self.checkpoint(step)
-                    self.result.stopped_early = True
-                    if interrupted():
-                        self.log.close()
-                        raise KeyboardInterrupt
-                    break
-        self.log.close()
+        try:
+            with _deferred_interrupt() as interrupted:
+                for step in range(self.start + 1, self.n_total + 1):
+                    record = self.step(step, t0)
+                    if record.get("nonfinite") or self._due(step, self.cfg.log_every):
+                        self.log.write(record)
+                    if progress is not None and self.info.is_main:
+                        progress(step, self.n_total, record)
+                    if self._due(step, self.cfg.save_every):
+                        self.checkpoint(step)
+                    if self.evaluator is not None and self.info.is_main and self.eval_every and \
+                            self._due(step, self.eval_every):
+                        self.evaluate(step)
+                    stop = stop_after is not None and self.start < step < self.n_total and step >= stop_after
+                    if interrupted() or stop:
+                        self.checkpoint(step)
+                        self.result.stopped_early = True
+                        if interrupted():
+                            raise KeyboardInterrupt
+                        break
+        finally:
+            self.log.close()
         self.result.seconds = time.perf_counter() - t0
         return self.result
 
