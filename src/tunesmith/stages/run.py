@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ..report.compare import compare_evals
 from ..report.guard import guard_verdict
 from ..report.model_card import run_model_card
 from ..report.summary import build_summary, print_phases_summary, print_summary, summary_markdown
+from ..runlock import run_lock
 from ..train.distributed import DistInfo, init_distributed
 from .data import DataBundle, print_data_report, validate_data
 from .evaluate import check_data_suite, during_training, eval_context, evaluate, load_evals
@@ -109,10 +111,15 @@ def _replay(recipe: Recipe, data: DataBundle, model, tokenizer, run_dir: Path, i
 
 
 def run(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Run the whole recipe (and its `then:` phases) and return the summary (also written to the run directory)."""
-    if recipe.then:
-        return run_phases(recipe, resume, do_eval, overwrite)
-    return run_one(recipe, resume, do_eval, overwrite)
+    """Run the whole recipe (and its `then:` phases) and return the summary (also written to the run directory).
+
+    Rank 0 holds RUN/.lock throughout: a second run on the same output.dir is refused (runlock)."""
+    with ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            stack.enter_context(run_lock(out_dir(recipe.output.dir, "output.dir"), log=ui.log))
+        if recipe.then:
+            return run_phases(recipe, resume, do_eval, overwrite)
+        return run_one(recipe, resume, do_eval, overwrite)
 
 
 def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrite: bool = False,
