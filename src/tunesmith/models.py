@@ -42,6 +42,9 @@ class ModelConfig(Section):
                                                                          "without bf16 units)")
     trust_remote_code: bool = Field(False, description="run model code shipped with the model (off unless you "
                                                         "trust it)")
+    allow_pickle: bool = Field(False, description="load a model folder whose weights are pickle files (.bin, .pt; "
+                                                  "read with torch.load(weights_only=True), logged); off: only "
+                                                  "safetensors")
 
     @model_validator(mode="before")
     @classmethod
@@ -182,20 +185,54 @@ def load_tokenizer(spec: str | None, log=print):
     return tok
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # files torch.load / pickle would read
+
+
+def check_weights_format(path: str, allow_pickle: bool, log=print) -> None:
+    """Only safetensors weights are loaded: a model folder whose weights exist only as pickle files is refused
+    (a pickle can run code when read) unless allow_pickle, which is logged; the load then goes through
+    torch.load(weights_only=True) in transformers. Pickle files beside safetensors weights are never read."""
+    root = Path(path)
+    if not root.is_dir() or any(root.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in root.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        return
+    if not allow_pickle:
+        raise UserError(f"model folder {root} holds its weights only as pickle files ({', '.join(pickles[:3])}), "
+                        "which can run code when loaded: refused. Convert them to safetensors where you trust them, "
+                        "or, if you trust this folder, set model.allow_pickle: true (--model.allow_pickle true; they "
+                        "are then read with torch.load(weights_only=True))")
+    log(f"model.allow_pickle: loading pickle weights {', '.join(pickles[:3])} from {root} with "
+        "torch.load(weights_only=True)")
+
+
 def load_model(spec: str | None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-               log=print):
+               log=print, allow_pickle: bool = False):
     """Load a causal LM for a model spec in `dtype`, with SDPA attention.
 
     SDPA matters: with `attention_mask=None` and `position_ids` that restart per sample,
     transformers builds a block-diagonal mask, which padding-free packing relies on.
+    Weights are read from safetensors only, unless allow_pickle (see check_weights_format).
     """
     from transformers import AutoModelForCausalLM
 
     path = local_model_dir(spec, log=log)
     if is_quantized_dir(path):  # tunesmith's int8/int4 folders: weights dequantized at load
         return load_quantized_model(path, dtype, trust_remote_code)
-    return _hub_guard(path, lambda: AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code), "model")
+    check_weights_format(path, allow_pickle, log)
+    safe = {} if allow_pickle else {"use_safetensors": True}
+
+    def load():
+        try:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                                        trust_remote_code=trust_remote_code, **safe)
+        except Exception as exc:  # torch.load(weights_only=True) refusing a hostile pickle, among others
+            if not allow_pickle or "weights_only" not in str(exc).lower() + repr(exc.__cause__).lower():
+                raise
+            raise UserError(f"model {path}: its pickle weights hold objects other than tensors, refused by "
+                            "torch.load(weights_only=True); nothing in them was run. Do not use this folder") from None
+    return _hub_guard(path, load, "model")
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -210,7 +247,7 @@ def parse_dtype(name: str) -> torch.dtype:
 def load_configured_model(cfg: ModelConfig, log=print):
     """The model of a model config, in cfg.dtype, with cfg.trust_remote_code: the one way every
     stage loads a model."""
-    return load_model(cfg.name, parse_dtype(cfg.dtype), cfg.trust_remote_code, log=log)
+    return load_model(cfg.name, parse_dtype(cfg.dtype), cfg.trust_remote_code, log=log, allow_pickle=cfg.allow_pickle)
 
 
 def load_model_and_tokenizer(cfg: ModelConfig, log=print):
