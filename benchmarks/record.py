@@ -15,7 +15,8 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, torch CPU fp32"
 
 
-def append_section(title: str, command: str, body: str) -> None:
-    """## title (date, machine), then `command`, then body, at the end of BENCHMARKS.md."""
-    with open(ROOT / "BENCHMARKS.md", "a") as f:
+def append_section(title: str, command: str, body: str, file: str = "BENCHMARKS.md") -> None:
+    """## title (date, machine), then `command`, then body, at the end of BENCHMARKS.md (or `file`, e.g.
+    RELIABILITY.md)."""
+    with open(ROOT / file, "a") as f:
         f.write(f"\n## {title} ({dt.date.today()}, {machine()})\n\n{command}\n\n{body}\n")

@@ -123,3 +123,4 @@ def test_an_overflowing_gradient_names_the_whole_step(tmp_path):
     assert "step 2" in msg and "gradient overflowed" in msg and "nothing was saved" in msg
     for i in step_indices(1, len(samples), cfg):
         assert samples[i].origin in msg
+

@@ -291,14 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:
-        import errno
+    except Exception as exc:  # a full disk outside an atomic write (which says more): one message all the same
+        from .io import is_disk_full
 
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(exc):
             raise
-        print(f"error: no space left on the device writing {exc.filename or 'a file'}: free some space (or write "
-              "elsewhere) and run the command again (training: --resume continues from the last checkpoint)",
-              file=sys.stderr)
+        print(f"error: no space left on the device writing {getattr(exc, 'filename', None) or 'a file'}: free some "
+              "space (or write elsewhere) and run the command again (training: --resume continues from the last "
+              "checkpoint)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is kept (training: complete checkpoints; continue with --resume)",

@@ -21,6 +21,19 @@ from .errors import DiskFullError
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left", "disk quota exceeded"
 
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An exception caused by a full disk or quota: an OSError with ENOSPC/EDQUOT, one in its cause/context chain
+    (torch.save writing to a file object), or a Rust I/O error carrying the code (safetensors: "os error 28")."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            return True
+        if any(f"(os error {code})" in str(exc) for code in FULL):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
 def cache_root() -> Path:
     """Where caches live (converted models, NLTK data, selection features): $TUNESMITH_CACHE,
     else ~/.cache/tunesmith."""
@@ -61,8 +74,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with open(tmp, mode, **kwargs) as fh:
             yield fh
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno not in FULL:
+    except Exception as exc:
+        if not is_disk_full(exc):
             raise
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
@@ -164,8 +177,8 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False, need_bytes: int |
             _fsync(path.parent)
         if old is not None:  # deleted only once the new folder is in place
             shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        if exc.errno not in FULL:
+    except Exception as exc:
+        if not is_disk_full(exc):
             raise
         written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)

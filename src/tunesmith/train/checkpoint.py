@@ -13,6 +13,7 @@ objects is refused, and nothing in it runs.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import shutil
@@ -76,22 +77,34 @@ def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor]
     A full disk ends in a DiskFullError naming the size needed; the checkpoints already there stay as they were.
     """
     final = ckpt_root / f"step-{step:06d}"
+    sweep(ckpt_root)
     opt_state = optimizer.state_dict()
-    need = tensor_bytes(weights) + tensor_bytes(opt_state) + (1 << 20)
+    need = int(1.05 * (tensor_bytes(weights) + tensor_bytes(opt_state))) + (64 << 10)  # + headers, RNG, json
     latest = latest_checkpoint(ckpt_root)
     advice = (f"The latest complete checkpoint, {latest}, is intact. " if latest else "No earlier checkpoint exists. ") \
         + "Free some space (or set output.dir on a larger disk), then run again with --resume"
     with atomic_dir(final, durable=True, need_bytes=need, advice=advice) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-        torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rng or rng_state()},
-                   tmp / "state.pt")
+        with open(tmp / "state.pt", "wb") as fh:  # a file object: a full disk surfaces as an OSError (ENOSPC)
+            torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rng or rng_state()}, fh)
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **extra}, indent=2))
         sums = {f.name: sha256_files([f]) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / MARKER).write_text(json.dumps({"step": step, "sha256": sums}, indent=2))
     for old in complete_checkpoints(ckpt_root)[:-keep]:
         if protect is None or old.name != f"step-{protect:06d}":
-            shutil.rmtree(old, ignore_errors=True)
+            gone = old.with_name(f".{old.name}.del{os.getpid()}")
+            os.replace(old, gone)  # out of sight at once: a kill mid-delete leaves no half checkpoint named step-*
+            shutil.rmtree(gone, ignore_errors=True)
     return final
+
+
+def sweep(ckpt_root: Path) -> None:
+    """Remove what killed writers left behind: hidden .step-* folders (half-written or half-deleted checkpoints).
+    Only one run writes a run directory at a time (runlock), so none of them is still in use."""
+    if ckpt_root.is_dir():
+        for left in ckpt_root.glob(".step-*"):
+            if not left.name.endswith(f"{os.getpid()}"):
+                shutil.rmtree(left, ignore_errors=True)
 
 
 def complete_checkpoints(ckpt_root: Path) -> list[Path]:

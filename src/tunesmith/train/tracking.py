@@ -5,8 +5,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
-from ..io import write_json, write_text
+from ..errors import DiskFullError, UserError
+from ..io import is_disk_full, write_json, write_text
+
+
+def _lines_up_to(text: str, step: int) -> list[str]:
+    """The metrics lines of steps <= `step`. A last line cut short (a run killed while appending it: no newline,
+    not JSON) belongs to a step after the last checkpoint and goes too; any other line is kept as it is."""
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    kept = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln) if ln else None
+        except ValueError:
+            kept.append(ln)
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            kept.append(ln)
+    if torn:
+        try:
+            rec = json.loads(torn)
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                kept.append(torn)
+        except ValueError:
+            pass
+    return kept
 
 
 class MetricsLog:
@@ -16,8 +40,7 @@ class MetricsLog:
         self.path = path
         self.writer = None
         if path is not None and path.exists():  # drop lines past the checkpoint we resume from
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            write_text(path, "".join(ln + "\n" for ln in kept))
+            write_text(path, "".join(ln + "\n" for ln in _lines_up_to(path.read_text(), resume_step)))
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -28,8 +51,15 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                raise DiskFullError(f"no space left on the device appending step {record.get('step')} to "
+                                    f"{self.path}: the checkpoints already written are intact. Free some space (or "
+                                    "set output.dir on a larger disk), then run again with --resume") from None
         if self.writer is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
