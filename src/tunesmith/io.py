@@ -164,9 +164,8 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False, need_bytes: int |
     try:
         yield tmp
         if durable:
-            for f in tmp.iterdir():
-                if f.is_file():
-                    _fsync(f)
+            for f in tmp.rglob("*"):
+                _fsync(f)  # files and sub-folders alike
             _fsync(tmp)
         old = None
         if path.exists():  # moved aside first: a rename is atomic, a recursive delete is not

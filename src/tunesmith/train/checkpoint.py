@@ -67,28 +67,36 @@ def tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], optimizer, scheduler,
+def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor] | None, optimizer, scheduler,
                     extra: dict[str, Any], keep: int, protect: int | None = None,
-                    rng: dict[str, Any] | None = None) -> Path:
+                    rng: dict[str, Any] | None = None, sharded: Path | None = None) -> Path:
     """Write checkpoint `step` atomically and prune all but the newest `keep` complete ones
     (never the `protect` step: the best checkpoint so far).
 
     rng: the RNG states to store (default: the current ones).
+    sharded: a folder of torch.distributed.checkpoint files already holding the weights and the optimizer
+        state (FSDP, train.fsdp); it is moved in as dcp/ (weights and optimizer are then not written again).
     A full disk ends in a DiskFullError naming the size needed; the checkpoints already there stay as they were.
     """
     final = ckpt_root / f"step-{step:06d}"
-    sweep(ckpt_root)
-    opt_state = optimizer.state_dict()
+    sweep(ckpt_root, keep=sharded)
+    opt_state = optimizer.state_dict() if sharded is None else None
     need = int(1.05 * (tensor_bytes(weights) + tensor_bytes(opt_state))) + (64 << 10)  # + headers, RNG, json
     latest = latest_checkpoint(ckpt_root)
     advice = (f"The latest complete checkpoint, {latest}, is intact. " if latest else "No earlier checkpoint exists. ") \
         + "Free some space (or set output.dir on a larger disk), then run again with --resume"
     with atomic_dir(final, durable=True, need_bytes=need, advice=advice) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+        state = {"scheduler": scheduler.state_dict(), "rng": rng or rng_state()}
+        if sharded is None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
+                      str(tmp / "weights.safetensors"))
+            state["optimizer"] = opt_state
+        else:
+            os.replace(sharded, tmp / "dcp")
         with open(tmp / "state.pt", "wb") as fh:  # a file object: a full disk surfaces as an OSError (ENOSPC)
-            torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rng or rng_state()}, fh)
+            torch.save(state, fh)
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **extra}, indent=2))
-        sums = {f.name: sha256_files([f]) for f in sorted(tmp.iterdir()) if f.is_file()}
+        sums = {str(f.relative_to(tmp)): sha256_files([f]) for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / MARKER).write_text(json.dumps({"step": step, "sha256": sums}, indent=2))
     for old in complete_checkpoints(ckpt_root)[:-keep]:
         if protect is None or old.name != f"step-{protect:06d}":
@@ -98,12 +106,13 @@ def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor]
     return final
 
 
-def sweep(ckpt_root: Path) -> None:
-    """Remove what killed writers left behind: hidden .step-* folders (half-written or half-deleted checkpoints).
-    Only one run writes a run directory at a time (runlock), so none of them is still in use."""
+def sweep(ckpt_root: Path, keep: Path | None = None) -> None:
+    """Remove what killed writers left behind: hidden .step-* and .dcp-* folders (half-written or half-deleted
+    checkpoints), but `keep` (the shards being written now). Only one run writes a run directory at a time
+    (runlock), so none of them is still in use."""
     if ckpt_root.is_dir():
-        for left in ckpt_root.glob(".step-*"):
-            if not left.name.endswith(f"{os.getpid()}"):
+        for left in [*ckpt_root.glob(".step-*"), *ckpt_root.glob(".dcp-*")]:
+            if not left.name.endswith(f"{os.getpid()}") and left != keep:
                 shutil.rmtree(left, ignore_errors=True)
 
 
@@ -139,13 +148,20 @@ def verify_checkpoint(path: Path) -> None:
                                   "when it was written")
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Written by train.distributed fsdp: weights and optimizer state in dcp/ (torch.distributed.checkpoint)."""
+    return (path / "dcp").is_dir()
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any], dict[str, Any]]:
     """(weights, state with optimizer/scheduler/rng, trainer.json contents), after verify_checkpoint.
+    A sharded checkpoint (is_sharded_checkpoint) gives weights None and no optimizer: both are in dcp/,
+    read by train.fsdp.read_sharded.
 
     The state is read with torch.load(weights_only=True): pickled objects other than tensors and plain
     containers are refused before anything in them runs (a CheckpointError)."""
     verify_checkpoint(path)
-    weights = load_file(str(path / "weights.safetensors"))
+    weights = None if is_sharded_checkpoint(path) else load_file(str(path / "weights.safetensors"))
     try:
         state = torch.load(path / "state.pt", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:

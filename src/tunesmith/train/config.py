@@ -86,6 +86,9 @@ class TrainConfig(Section):
     kl_to_base: float = Field(0.0, ge=0.0, description="weight of a KL(base || tuned) term on the answer tokens of "
                                                         "replay rows (LoRA: the base is the model with the adapter "
                                                         "off; needs replay.ratio > 0; 0: off)")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: ddp (a full copy per rank) or "
+                                                "fsdp (FSDP2: weights, gradients and optimizer state sharded per "
+                                                "decoder layer; checkpoints resume on any number of ranks)")
     save_every: int = Field(50, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the best one is never pruned)")
     log_every: int = Field(1, ge=1, description="steps between metrics.jsonl lines")
@@ -106,6 +109,13 @@ class TrainConfig(Section):
         if self.kl_to_base and (self.method != "lora" or self.objective != "sft"):
             raise ValueError("train.kl_to_base needs train.method: lora and train.objective: sft (the base is the "
                              "model with its adapter off)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_fsdp(self) -> "TrainConfig":
+        if self.distributed == "fsdp" and (self.objective != "sft" or self.kl_to_base):
+            raise ValueError("train.distributed: fsdp trains objective sft without kl_to_base (dpo and the KL term "
+                             "run under ddp for now)")
         return self
 
     @model_validator(mode="after")

@@ -30,9 +30,9 @@ from ..errors import UserError
 from .. import ui
 from .checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, rng_state, save_checkpoint, \
     set_rng_state
-from .distributed import DistInfo, all_reduce_sum, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .loss import PackedLoss
-from . import nonfinite
+from . import fsdp, nonfinite
 from .preference import PackedLogProbs, Reference, forward_backward_pairs, load_or_compute_reference, step_record
 from .schedule import build_optimizer, build_scheduler
 from .setup import load_trainable_state, trainable_state
@@ -113,7 +113,11 @@ def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: Tra
             (row_loss * (info.world_size / n_targets)).backward()
         loss_sum += row_loss.detach().double().cpu()
         n_tokens += row.n_tokens
-    if not rows and info.world_size > 1:  # a rank with no sample still joins the all-reduce
+    if info.world_size > 1 and fsdp.is_sharded(loss_module):
+        # FSDP all-gathers layer by layer in every forward: every rank runs as many as the busiest one.
+        for _ in range(fsdp.max_over_ranks(len(rows), info) - len(rows)):
+            (loss_module(*fsdp.dummy_row(info.device)) * 0.0).backward()
+    elif not rows and info.world_size > 1:  # a rank with no sample still joins the all-reduce
         (sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0).backward()
     return loss_sum, n_tokens, len(rows)
 
@@ -174,7 +178,14 @@ class Trainer:
         extra = {} if self.dpo else {"kl_weight": cfg.kl_to_base}
         self.loss_module = loss_cls(model, cfg.loss_chunk_size, cfg.fused_lora,
                                     cfg.swiglu_recompute, **extra).to(self.info.device)
-        if self.info.world_size > 1:
+        self.sharded = cfg.distributed == "fsdp"  # checkpoints in DCP format, whatever the world size
+        if self.sharded and self.info.world_size > 1:
+            if evaluate is not None and eval_every:
+                raise UserError("evaluation during training (eval.every) runs on rank 0 alone, which a model sharded "
+                                "by train.distributed: fsdp cannot do: set eval.every: 0 (the run still evaluates "
+                                "after training)")
+            self.loss_module = fsdp.shard(self.loss_module, model, self.info)
+        elif self.info.world_size > 1:
             self.loss_module = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None)
         self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
@@ -212,8 +223,14 @@ class Trainer:
             raise UserError(f"{latest} was written by a run with {meta.get('total_steps')} steps and seed "
                             f"{meta.get('seed')}, this one has {self.n_total} steps and seed {self.cfg.seed}: "
                             "resume with the same recipe and data, or start a new output.dir")
-        load_trainable_state(self.model, weights)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if weights is None:  # a sharded (DCP) checkpoint: loads on any number of ranks
+            fsdp.read_sharded(latest / "dcp", self.model, self.optimizer)
+        elif fsdp.is_sharded(self.loss_module):
+            raise UserError(f"{latest} was written without train.distributed: fsdp; resume it with the setting it "
+                            "was written with (ddp), or on one process")
+        else:
+            load_trainable_state(self.model, weights)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.skips = int(meta.get("consecutive_skips", 0))
@@ -301,14 +318,24 @@ class Trainer:
         """Save step `step` (rank 0, once per step), protecting the best checkpoint from pruning.
 
         rng: the RNG states to store with it (default: the current ones)."""
-        if self.ckpt_root is not None and self.info.is_main and step not in self.saved:
-            if (self.ckpt_root / f"step-{step:06d}" / "COMPLETE").is_file() and step == self.start:
-                return  # the checkpoint this invocation resumed from
+        if self.ckpt_root is None or step in self.saved or not (self.info.is_main or self.sharded):
+            return
+        if (self.ckpt_root / f"step-{step:06d}" / "COMPLETE").is_file() and step == self.start:
+            return  # the checkpoint this invocation resumed from
+        extra = {"total_steps": self.n_total, "seed": self.cfg.seed, "consecutive_skips": self.skips,
+                 "world_size": self.info.world_size}
+        protect = self.best.step if self.best is not None else None
+        if self.sharded:  # every rank writes its shard; rank 0 then completes the checkpoint
+            shards = self.ckpt_root / f".dcp-step-{step:06d}"
+            fsdp.write_sharded(shards, self.model, self.optimizer, self.info)
+            if self.info.is_main:
+                save_checkpoint(self.ckpt_root, step, None, self.optimizer, self.scheduler, extra,
+                                self.cfg.keep_checkpoints, protect=protect, rng=rng, sharded=shards)
+            barrier(self.info)
+        else:
             save_checkpoint(self.ckpt_root, step, trainable_state(self.model), self.optimizer, self.scheduler,
-                            {"total_steps": self.n_total, "seed": self.cfg.seed, "consecutive_skips": self.skips},
-                            self.cfg.keep_checkpoints, protect=self.best.step if self.best is not None else None,
-                            rng=rng)
-            self.saved.add(step)
+                            extra, self.cfg.keep_checkpoints, protect=protect, rng=rng)
+        self.saved.add(step)
 
     def evaluate(self, step: int) -> None:
         """Run the evaluator, log its scores, and checkpoint the step if it is the new best."""
