@@ -299,3 +299,16 @@ def test_robustness_per_task_is_the_mean_over_phrasings():
     result = {"phrasings": 3, "per_task": {"uppercase": {"per_phrasing": [1.0, 0.5, 0.0], "spread": 1.0}},
               "records": [{"task": "uppercase"}] * 6}
     assert per_type("robustness", result) == {"uppercase": (2, 0.5)}
+
+
+def test_a_skipped_non_finite_step_is_shown_with_its_samples(tmp_path):
+    run = write_run(tmp_path / "nan", items=4, metric_lines=20, selection=False, exports=False, phases=False)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 21, "nonfinite": True, "action": "skipped", "loss": "nan", "grad_norm": "inf",
+                             "samples": [{"origin": "data/train.jsonl:7", "loss_alone": "nan"},
+                                         {"origin": "data/train.jsonl:8", "loss_alone": 1.5}]}) + "\n")
+    page = Page(run_page(run))
+    rows = [r for r in page.tables["nonfinite-table"] if r]
+    assert [c[0] for c in rows[0]] == ["21", "skipped", "nan", "inf", "data/train.jsonl:7"]
+    loss = [s for s in page.svgs if s.get("aria-label") == "loss"][0]
+    assert int(loss["data-n"]) >= 20  # the non-finite line is not a point of the curve

@@ -35,6 +35,7 @@ class Metrics:
     evals: list[tuple[int, dict[str, float]]]
     lines: int
     last: dict[str, Any]
+    nonfinite: list[dict[str, Any]] = field(default_factory=list)  # steps whose loss or grad norm was not finite
 
 
 @dataclass
@@ -125,9 +126,13 @@ def read_metrics(run: Run) -> Metrics | None:
     """metrics.jsonl as columns (one pass; 100,000 lines read in well under a second)."""
     rows: list[dict[str, Any]] = []
     evals: list[tuple[int, dict[str, float]]] = []
+    nonfinite: list[dict[str, Any]] = []
     n = 0
     for rec in run.jsonl("metrics.jsonl"):
         n += 1
+        if rec.get("nonfinite"):
+            nonfinite.append(rec)
+            continue
         if isinstance(rec.get("eval"), dict):
             evals.append((int(rec.get("step", 0)), {k: v for k, v in rec["eval"].items()
                                                     if isinstance(v, (int, float))}))
@@ -142,7 +147,7 @@ def read_metrics(run: Run) -> Metrics | None:
                 keys[k] = None
     steps = np.asarray([r.get("step", i + 1) for i, r in enumerate(rows)], dtype=np.float64)
     columns = {k: np.asarray([_number(r.get(k)) for r in rows], dtype=np.float64) for k in keys}
-    return Metrics(steps, columns, evals, n, rows[-1] if rows else {})
+    return Metrics(steps, columns, evals, n, rows[-1] if rows else {}, nonfinite)
 
 
 def _number(v: Any) -> float:

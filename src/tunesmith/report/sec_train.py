@@ -45,6 +45,8 @@ def loss_chart(run: Run, kept_step: int | None = None, chart_title: str = "loss"
             series.append(Series("held-out loss (during training)", [a for a, _ in pts], [b for _, b in pts],
                                  dots=True, color="#dc2626"))
     markers = [Marker(float(kept_step), f"kept: step {kept_step}", "#16a34a")] if kept_step else []
+    markers += [Marker(float(r["step"]), f"step {r['step']} {r.get('action', '')}", "#dc2626")
+                for r in m.nonfinite[:5] if isinstance(r.get("step"), (int, float))]
     return line_chart(Chart(chart_title, "step", "loss", series, markers))
 
 
@@ -83,6 +85,18 @@ def _kept(run: Run) -> str:
     return out
 
 
+def _nonfinite_table(records: list[dict[str, Any]]) -> str:
+    """Each non-finite step: what was done, and the samples whose own loss was not finite (file:line)."""
+    rows = []
+    for r in records:
+        bad = [s.get("origin") for s in r.get("samples") or [] if isinstance(s, dict)
+               and not isinstance(s.get("loss_alone"), (int, float))]
+        rows.append([r.get("step"), r.get("action"), r.get("loss"), r.get("grad_norm"),
+                     ", ".join(map(str, bad[:8])) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "") or "-"])
+    return table(["step", "action", "loss", "grad norm", "samples with a non-finite loss of their own"], rows,
+                 "nonfinite-table", numeric=(0,))
+
+
 def training_section(run: Run) -> Section | None:
     m = run.metrics
     train = run.summary.get("train") or {}
@@ -106,6 +120,8 @@ def training_section(run: Run) -> Section | None:
             body.append(h3("Other logged curves") + plots(*(_curve(run, k) for k in extra)))
         body.append(p(f"{m.lines:,} lines in metrics.jsonl; curves longer than 1,000 points are drawn from the "
                       "lowest and highest point of each stretch, so no spike is hidden."))
+    if m is not None and m.nonfinite:
+        body.append(h3("Steps with a loss or gradient norm that was not finite") + _nonfinite_table(m.nonfinite))
     ckpts = checkpoints(run)
     kept_html = _kept(run)
     if ckpts or kept_html:
