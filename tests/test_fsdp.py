@@ -146,3 +146,35 @@ def _weights_of(ckpt, cfg):
     model = _fresh(cfg, vocab=98)
     fsdp.read_sharded(ckpt / "dcp", model, build_optimizer(model.parameters(), cfg.lr, 0.0, cfg.betas))
     return {k: v.detach().clone() for k, v in trainable_state(model).items()}
+
+
+@pytest.mark.slow
+def test_torchrun_train_with_fsdp_saves_the_same_model_as_one_process(tmp_path, tiny_dir):
+    """The stage under torchrun: 2 ranks shard, rank 0 gathers the weights and writes adapter/ and model/."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    def recipe(out):
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(f"model: {tiny_dir}\ndata:\n  tasks: {{n_train: 24}}\noutput:\n  dir: {tmp_path / out}\n"
+                        "train:\n  distributed: fsdp\n  max_steps: 3\n  batch_size: 4\n  save_every: 2\n"
+                        "  lora: {r: 4}\n  threads: 1\n")
+        return str(path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(_port()), "-m", "tunesmith.cli", "train", recipe("two")]
+    res = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", recipe("one")], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    assert two.keys() == one.keys()
+    for k in one:
+        assert torch.allclose(two[k], one[k], atol=1e-5), k
+    assert is_sharded_checkpoint(complete_checkpoints(tmp_path / "two" / "checkpoints")[-1])
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    ones = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in lines] == pytest.approx([r["loss"] for r in ones], abs=1e-5)

@@ -47,7 +47,7 @@ from .recipe import Recipe, dump_recipe, parent_label, phase_recipe
 from .report import report_at_end
 from .replay import add_replay
 from .synth import with_synth_data
-from .train import fit, keep_best, save, setup_model
+from .train import fit, keep_best, save, setup_model, unsharded
 
 
 def _holds(path: Path) -> bool:
@@ -161,6 +161,7 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
                               tcfg.loss_chunk_size, during=True, data_items=data.eval_examples)
     evaluator, best = during_training(model, tokenizer, recipe.eval, during_ctx, run_dir / "checkpoints")
     result = fit(model, data, tcfg, run_dir, resume, info, evaluator, recipe.eval.every, best)
+    model = unsharded(model, lambda: load_configured_model(recipe.model, log=ui.quiet), tcfg, info)  # fsdp
     if not info.is_main:
         return {}
 

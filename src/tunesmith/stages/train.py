@@ -16,7 +16,7 @@ from ..train.checkpoint import latest_checkpoint, load_checkpoint
 from ..train.config import TrainConfig
 from ..train.distributed import DistInfo
 from ..train.loop import TrainResult, total_steps, train
-from ..train.setup import count_parameters, load_trainable_state, prepare_model
+from ..train.setup import count_parameters, load_trainable_state, prepare_model, trainable_state
 from ..train.tracking import BestTracker
 from .data import DataBundle
 
@@ -57,6 +57,23 @@ def fit(model, data: DataBundle, cfg: TrainConfig, run_dir: Path, resume: bool, 
     if result.resumed_from and info.is_main:
         ui.log(f"resumed from step {result.resumed_from}")
     return result
+
+
+def unsharded(model, load_base: Callable[[], Any], cfg: TrainConfig, info: DistInfo):
+    """After training with train.distributed fsdp on several ranks: the trained weights gathered whole (every
+    rank takes part) into a plain model on rank 0 (the base loaded again, wrapped for the method), which is
+    what saving, merging and evaluating need. Other ranks get None. Anything else: the model as it is."""
+    from ..train import fsdp
+
+    if cfg.distributed != "fsdp" or info.world_size == 1:
+        return model
+    full = fsdp.full_trainable_state(model)
+    if not info.is_main:
+        return None
+    plain = setup_model(load_base(), cfg)
+    names = set(trainable_state(plain))
+    load_trainable_state(plain, {k: v for k, v in full.items() if k in names})
+    return plain
 
 
 def _progress_text(rec: dict[str, Any]) -> str:
