@@ -312,3 +312,12 @@ def test_a_skipped_non_finite_step_is_shown_with_its_samples(tmp_path):
     assert [c[0] for c in rows[0]] == ["21", "skipped", "nan", "inf", "data/train.jsonl:7"]
     loss = [s for s in page.svgs if s.get("aria-label") == "loss"][0]
     assert int(loss["data-n"]) >= 20  # the non-finite line is not a point of the curve
+
+
+def test_the_guard_verdict_of_the_summary_is_shown_as_a_warning(tmp_path):
+    run = write_run(tmp_path / "g", items=4, selection=False, exports=False, phases=False)
+    summary = _json(run / "summary.json")
+    summary["guard"] = {"warning": True, "message": "general ability dropped: -12.0 pp [-20.0, -4.0] <on guard>"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    html = run_page(run)
+    assert '<p class="warn">general ability dropped: -12.0 pp [-20.0, -4.0] &lt;on guard&gt;</p>' in html

@@ -20,6 +20,7 @@ section.sec > h2 { font-size:18px; margin:14px 0 6px; }
 h3 { font-size:15px; margin:18px 0 6px; }
 p.note, .muted { color:var(--muted); }
 p.note { margin:4px 0 10px; }
+p.warn { background:#fef3c7; border-left:4px solid #f59e0b; padding:6px 12px; margin:8px 0; }
 .problems { background:#fef3c7; border:1px solid #f59e0b; border-radius:6px; padding:8px 14px; margin-top:14px; }
 .cards { display:flex; flex-wrap:wrap; gap:10px; margin:10px 0 4px; }
 .card { border:1px solid var(--line); border-radius:6px; padding:8px 14px; min-width:150px; background:#fcfcfd; }

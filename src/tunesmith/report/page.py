@@ -21,7 +21,7 @@ PROVENANCE = "provenance.json"
 
 def run_sections(run: Run, href: str) -> tuple[list[Section], list[str]]:
     """The run's sections (only those with data) and the page's data blocks."""
-    evaluation, block = evaluation_section(run.evals, href)
+    evaluation, block = evaluation_section(run.evals, href, run.summary.get("guard"))
     sections = [overview(run), synth_section(run), data_section(run), selection_section(run), training_section(run),
                 evaluation, exports_section(run), phases_section(run, href),
                 provenance_section(run, run.json(PROVENANCE), href)]

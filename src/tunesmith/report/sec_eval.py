@@ -133,14 +133,18 @@ def relative_href(run_path: str | os.PathLike, out_dir: str | os.PathLike) -> st
     return "" if rel == "." else rel.replace(os.sep, "/") + "/"
 
 
-def evaluation_section(evals: dict[str, dict[str, Any]], href: str = "") -> tuple[Section | None, str]:
-    """The section and the browser's data block ('' when no suite has items)."""
+def evaluation_section(evals: dict[str, dict[str, Any]], href: str = "", guard: dict[str, Any] | None = None
+                       ) -> tuple[Section | None, str]:
+    """The section and the browser's data block ('' when no suite has items). guard: the summary's
+    specialisation-vs-general verdict (report.guard), shown under the table when the run has one."""
     before, after = evals.get("before") or {}, evals.get("after") or {}
     if not before and not after:
         return None, ""
     body = [p("Held-out evaluation of the base model (before) and the tuned model (after) on the same items. "
               "Scores are the suites' own numbers from eval/<when>/<suite>.json; loss: lower is better.")]
     body.append(eval_table(before, after, href))
+    if guard and guard.get("message"):
+        body.append(p(guard["message"], "warn" if guard.get("warning") else "note"))
     body.append(interval_block(before, after))
     for suite in suite_order(set(before) | set(after)):
         body.append(per_type_block(suite, before.get(suite), after.get(suite)))
