@@ -178,3 +178,34 @@ def test_torchrun_train_with_fsdp_saves_the_same_model_as_one_process(tmp_path, 
     lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     ones = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in lines] == pytest.approx([r["loss"] for r in ones], abs=1e-5)
+
+
+def test_keep_best_reads_a_sharded_checkpoint(tmp_path):
+    from tunesmith.stages.train import keep_best
+    from tunesmith.train.setup import trainable_state
+    from tunesmith.train.tracking import BestTracker
+
+    scores = {2: 0.5, 4: 0.9, 6: 0.7}  # higher is better: step 4 is the best
+    best = BestTracker(tmp_path / "checkpoints", "acc", lower_is_better=False)
+    cfg = _cfg("lora", keep_checkpoints=1)
+    model = _fresh(cfg)
+    from tunesmith.train.loop import train
+
+    train(model, _samples(), cfg, tmp_path, evaluate=lambda step: {"acc": scores[step]}, eval_every=2, best=best)
+    assert best.step == 4 and is_sharded_checkpoint(tmp_path / "checkpoints" / "step-000004")
+    at_4 = _single("lora", tmp_path / "again", stop_after=4)
+    assert at_4.stopped_early
+    kept = keep_best(model, best, True, tmp_path)
+    assert kept["kept_step"] == 4
+    want = _weights_of_lora(tmp_path / "again" / "checkpoints" / "step-000004", cfg)
+    got = trainable_state(model)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def _weights_of_lora(ckpt, cfg):
+    from tunesmith.train import fsdp
+    from tunesmith.train.setup import trainable_state
+
+    model = _fresh(cfg)
+    fsdp.read_sharded(ckpt / "dcp", model)
+    return {k: v.detach().clone() for k, v in trainable_state(model).items()}

@@ -98,8 +98,14 @@ def keep_best(model, best: BestTracker | None, keep: bool, run_dir: Path) -> dic
         why["reason"] = "the last evaluated step is the best" if last and best.step == last["step"] else \
             "eval.keep_best is off: the last step is kept"
         return why
-    weights, _, _ = load_checkpoint(run_dir / "checkpoints" / f"step-{best.step:06d}")
-    load_trainable_state(model, weights)
+    path = run_dir / "checkpoints" / f"step-{best.step:06d}"
+    weights, _, _ = load_checkpoint(path)
+    if weights is None:  # a sharded (fsdp) checkpoint, read into this one process
+        from ..train.fsdp import read_sharded
+
+        read_sharded(path / "dcp", model)
+    else:
+        load_trainable_state(model, weights)
     why["kept_step"] = best.step
     why["reason"] = (f"{best.metric} was best at step {best.step} ({best.value:.4f}) vs {last['value']:.4f} at the "
                      f"last evaluation (step {last['step']})")

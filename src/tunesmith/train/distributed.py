@@ -36,9 +36,23 @@ def init_distributed() -> DistInfo:
 
 
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum over ranks (in place for a CPU tensor on gloo; NCCL reduces only GPU tensors, so the value
+    travels through the rank's GPU and comes back)."""
     if info.world_size > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        if info.device.type == "cuda" and value.device.type != "cuda":
+            on_gpu = value.to(info.device)
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            value.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when it is True on any rank (a Ctrl-C seen by one rank stops all at the same step)."""
+    if info.world_size == 1:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)]), info)[0] > 0)
 
 
 def barrier(info: DistInfo) -> None:

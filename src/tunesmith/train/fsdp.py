@@ -92,22 +92,30 @@ def write_sharded(folder: Path, model: nn.Module, optimizer, info: DistInfo) -> 
     barrier(info)
 
 
-def read_sharded(folder: Path, model: nn.Module, optimizer) -> None:
-    """Load a DCP folder into the model and optimizer as they are sharded now (any number of ranks, or one
-    process without a process group), insisting that every trainable weight is in it."""
+def read_sharded(folder: Path, model: nn.Module, optimizer=None) -> None:
+    """Load a DCP folder into the model (and the optimizer, if given) as they are sharded now (any number of
+    ranks, or one process without a process group), insisting that every trainable weight is in it."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
+                                                         set_model_state_dict, set_state_dict)
 
-    msd, osd = get_state_dict(model, optimizer, options=_options())
-    state = {"model": msd, "optim": osd}
+    if optimizer is not None:
+        msd, osd = get_state_dict(model, optimizer, options=_options())
+        state = {"model": msd, "optim": osd}
+    else:
+        msd = get_model_state_dict(model, options=_options())
+        state = {"model": msd}
     saved = set(dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
     missing = sorted(k for k in msd if f"model.{k}" not in saved)
     if missing:
         raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:3]}")
     with _one_process_is_fine():
         dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=_options())
+    if optimizer is not None:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=_options())
+    else:
+        set_model_state_dict(model, state["model"], options=_options())
 
 
 def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from ..errors import UserError
 from .. import ui
 from .checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, rng_state, save_checkpoint, \
     set_rng_state
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from .loss import PackedLoss
 from . import fsdp, nonfinite
 from .preference import PackedLogProbs, Reference, forward_backward_pairs, load_or_compute_reference, step_record
@@ -368,10 +368,11 @@ class Trainer:
                             self._due(step, self.eval_every):
                         self.evaluate(step)
                     stop = stop_after is not None and self.start < step < self.n_total and step >= stop_after
-                    if interrupted() or stop:
+                    hit = any_rank(interrupted(), self.info)  # every rank stops at the same step
+                    if hit or stop:
                         self.checkpoint(step)
                         self.result.stopped_early = True
-                        if interrupted():
+                        if hit:
                             raise KeyboardInterrupt
                         break
         finally:
