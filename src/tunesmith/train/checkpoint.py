@@ -56,6 +56,10 @@ class CheckpointError(UserError):
     """A checkpoint that must not be loaded: damaged (its files do not match the marker) or holding pickled objects."""
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose files do not match the sha256 sums of its marker (resume takes the one before)."""
+
+
 def tensor_bytes(obj: Any) -> int:
     """Bytes of every tensor in a nested dict/list (the size a checkpoint of it needs on disk, roughly)."""
     if isinstance(obj, torch.Tensor):
@@ -142,9 +146,9 @@ def verify_checkpoint(path: Path) -> None:
     for name, digest in marker.get("sha256", {}).items():
         f = path / name
         if not f.is_file():
-            raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing")
+            raise DamagedCheckpoint(f"checkpoint {path} is damaged: {name} is missing")
         if sha256_files([f]) != digest:
-            raise CheckpointError(f"checkpoint {path} is damaged: {name} does not match the sha256 recorded "
+            raise DamagedCheckpoint(f"checkpoint {path} is damaged: {name} does not match the sha256 recorded "
                                   "when it was written")
 
 

@@ -7,6 +7,8 @@ Each step's loss is normalised by the number of target tokens in the whole step,
 into micro-batches or ranks (4x2, 1x8, 2 ranks x 4) computes the same gradient. With
 `objective: dpo` the samples are preference pairs and the loss is the mean over the step's pairs
 (train.preference), with the same guarantees.
+A step whose loss or gradient norm is not finite never reaches the optimizer (train.nonfinite). Under
+torchrun the loss module is wrapped by DDP, or sharded by FSDP2 (train.fsdp, `distributed: fsdp`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..data.packing import pack_rows
 from .config import TrainConfig
 from ..errors import UserError
 from .. import ui
-from .checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, rng_state, save_checkpoint, \
+from .checkpoint import DamagedCheckpoint, complete_checkpoints, load_checkpoint, rng_state, save_checkpoint, \
     set_rng_state
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from .loss import PackedLoss
@@ -209,9 +211,7 @@ class Trainer:
             try:
                 weights, state, meta = load_checkpoint(latest)
                 break
-            except CheckpointError as exc:
-                if "damaged" not in str(exc):
-                    raise
+            except DamagedCheckpoint as exc:
                 if self.info.is_main:
                     ui.log(f"[yellow]warning:[/] {exc}; not used")
         else:
