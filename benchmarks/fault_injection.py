@@ -5,7 +5,8 @@ a checkpoint every 2 steps, under the run lock) that is killed with SIGKILL at a
 a step (after a forward, after the backward, between the optimizer and the scheduler update), while a
 metrics line is half written, while a checkpoint is written (half a weights file, before its marker, before
 and after its rename), while an old checkpoint is pruned, or from outside at a uniformly random moment of the
-training. Then a fresh process resumes (--resume) and finishes. A trial passes when the final weights file and
+training. Then a fresh process resumes (--resume) and finishes (every fifth trial: that resume is killed
+too, early in its own run, and a second one finishes). A trial passes when the final weights file and
 the loss of every step in metrics.jsonl are byte-identical to an uninterrupted run's, no checkpoint that looks
 complete is damaged, the dead run's lock is taken over, and no leftover remains.
 
@@ -46,12 +47,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="tunesmith-faults-"))
     ref = fd.reference(root / "reference")
     rows = []
-    for i, (fault, delay) in enumerate(fd.plan(args.trials, args.seed, ref[2])):
+    for i, (fault, delay, then) in enumerate(fd.plan(args.trials, args.seed, ref[2])):
         t = time.time()
-        row = fd.trial(root / f"t{i:03d}", fault, ref, delay)
+        row = fd.trial(root / f"t{i:03d}", fault, ref, delay, then=then)
         row["seconds"] = round(time.time() - t, 2)
         rows.append(row)
-        print(f"{i + 1:3d}/{args.trials} {row['fault']:<24} killed {row['killed']} resumed from "
+        print(f"{i + 1:3d}/{args.trials} {row['fault']:<40} killed {row['killed']} resumed from "
               f"{row['resumed_from']} identical {row.get('weights_identical')}/{row.get('losses_identical')}",
               flush=True)
     ok = [r for r in rows if r["killed"] and r["resume_rc"] == 0 and r["corrupt_visible"] == 0

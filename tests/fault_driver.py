@@ -272,8 +272,9 @@ def checkpoints_on_disk(run_dir: Path) -> tuple[int, int, int]:
 
 
 def trial(run_dir: Path, fault: str, ref: tuple[str, list, float], delay: float | None = None,
-          resume_args: tuple[str, ...] = ()) -> dict:
-    """One SIGKILL (at `fault` = POINT:N, or from outside after `delay` seconds of training), then --resume.
+          resume_args: tuple[str, ...] = (), then: str | None = None) -> dict:
+    """One SIGKILL (at `fault` = POINT:N, or from outside after `delay` seconds of training), then --resume;
+    with `then` (POINT:N), that first resume is killed too and a second one finishes.
 
     Returns the row of the results table."""
     import time
@@ -287,8 +288,15 @@ def trial(run_dir: Path, fault: str, ref: tuple[str, list, float], delay: float 
         proc = _child(run_dir, "--fault", fault)
     rc, _, err = _finish(proc)
     visible, corrupt, leftovers = checkpoints_on_disk(run_dir)
+    label = fault if fault != "external" else f"external after {delay:.2f}s"
+    if then is not None:  # the resume is killed as well
+        rc_then, _, _ = _finish(_child(run_dir, "--resume", "--fault", then))
+        rc = rc if rc_then == -signal.SIGKILL else 0  # both kills must have happened
+        _, corrupt_then, _ = checkpoints_on_disk(run_dir)
+        corrupt += corrupt_then
+        label += f", its resume at {then}"
     rc2, info, err2 = _finish(_child(run_dir, "--resume", *resume_args))
-    row = {"fault": fault if fault != "external" else f"external after {delay:.2f}s", "killed": rc == -signal.SIGKILL,
+    row = {"fault": label, "killed": rc == -signal.SIGKILL,
            "checkpoints_after_kill": visible, "corrupt_visible": corrupt, "leftovers": leftovers,
            "resume_rc": rc2, "resumed_from": info.get("resumed_from"),
            "stale_lock_taken_over": any("stale lock" in m for m in info.get("lock_log", [])),
@@ -301,19 +309,24 @@ def trial(run_dir: Path, fault: str, ref: tuple[str, list, float], delay: float 
     return row
 
 
-def plan(n_trials: int, seed: int, train_seconds: float) -> list[tuple[str, float | None]]:
-    """Faults for n_trials: every point at a random occurrence, round-robin, and a third of the trials
-    killed from outside at a uniformly random moment of the training."""
+def plan(n_trials: int, seed: int, train_seconds: float) -> list[tuple[str, float | None, str | None]]:
+    """(fault, delay, then) for n_trials: every point at a random occurrence, round-robin; a third of the
+    trials killed from outside at a uniformly random moment of the training; every fifth trial's resume is
+    killed again early in its own run (at a point drawn at random, occurrence 1 or 2)."""
     import random
 
     rng = random.Random(seed)
     out = []
     for i in range(n_trials):
+        then = None
+        if i % 5 == 4:
+            point = rng.choice([p for p in POINTS if p != "ckpt_prune"])
+            then = f"{point}:{rng.randint(1, 2)}"
         if i % 3 == 2:
-            out.append(("external", rng.uniform(0.05, 0.95) * train_seconds))
+            out.append(("external", rng.uniform(0.05, 0.95) * train_seconds, then))
         else:
             point = POINTS[(i - i // 3) % len(POINTS)]
-            out.append((f"{point}:{rng.randint(1, REACHED[point])}", None))
+            out.append((f"{point}:{rng.randint(1, REACHED[point])}", None, then))
     return out
 
 

@@ -35,9 +35,9 @@ def reference(reference_dir):
 
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, reference):
-    n = int(os.environ.get("TUNESMITH_FAULT_TRIALS", "27"))  # every point 2x, 9 kills from outside
-    rows = [fd.trial(tmp_path / f"t{i:03d}", fault, reference, delay)
-            for i, (fault, delay) in enumerate(fd.plan(n, seed=0, train_seconds=reference[2]))]
+    n = int(os.environ.get("TUNESMITH_FAULT_TRIALS", "27"))  # every point 2x, 9 kills from outside, 5 twice
+    rows = [fd.trial(tmp_path / f"t{i:03d}", fault, reference, delay, then=then)
+            for i, (fault, delay, then) in enumerate(fd.plan(n, seed=0, train_seconds=reference[2]))]
     for row in rows:
         assert row["killed"], row
         assert row["resume_rc"] == 0, row
@@ -47,6 +47,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, reference):
         assert row["leftovers_after_resume"] == 0, row
     if n >= 14:  # every point reached at least once
         assert {r["fault"].split(":")[0] for r in rows} >= set(fd.POINTS)
+    assert sum(", its resume at" in r["fault"] for r in rows) == n // 5
 
 
 @pytest.mark.slow
