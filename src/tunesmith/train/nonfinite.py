@@ -90,9 +90,13 @@ def stop_message(step: int, loss: float, grad_norm: float | None, batch, alone, 
     """One message: what was not finite, at which step, which samples, what was saved, what to do."""
     names, own = culprits(batch, alone)
     listed = ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
-    what = f"loss {loss}" + (f", gradient norm {grad_norm}" if grad_norm is not None else "")
-    head = (f"training stopped at step {step}: the step's {what} is not finite (caught before the optimizer "
-            "update, so no weight took it)")
+    parts = [(f"loss is {loss}", f"loss {loss:.4f}", is_finite(loss))]
+    if grad_norm is not None:
+        parts.append((f"gradient norm is {grad_norm}", f"gradient norm {grad_norm:.4f}", is_finite(grad_norm)))
+    bad = " and ".join(text for text, _, ok in parts if not ok)
+    good = ", ".join(text for _, text, ok in parts if ok)
+    head = (f"training stopped at step {step}: its {bad}" + (f" ({good})" if good else "")
+            + "; caught before the optimizer update, so no weight took it")
     if skipped_in_a_row:
         head += f", after {skipped_in_a_row} skipped steps in a row (train.max_consecutive_skips: {max_skips})"
     where = (f"sample{'s' if len(names) > 1 else ''} whose own loss is not finite: {listed}" if own else
@@ -100,6 +104,7 @@ def stop_message(step: int, loss: float, grad_norm: float | None, batch, alone, 
              f"samples: {listed}")
     kept = (f"the state before the step (weights, optimizer, scheduler, RNG) is saved in {saved}" if saved else
             "nothing was saved (no run directory)")
-    todo = ("fix or drop those rows (or lower train.lr), then start again; or continue past the step with "
-            "--resume --train.on_nonfinite skip")
+    todo = ("fix or drop those rows, then start again" if own else
+            "lower train.lr or set train.grad_clip, then start again")
+    todo += "; or continue past the step with --resume --train.on_nonfinite skip"
     return f"{head}.\n{where}.\n{kept}; every sample is listed in metrics.jsonl.\n{todo}"
