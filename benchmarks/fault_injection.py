@@ -6,7 +6,7 @@ a step (after a forward, after the backward, between the optimizer and the sched
 metrics line is half written, while a checkpoint is written (half a weights file, before its marker, before
 and after its rename), while an old checkpoint is pruned, or from outside at a uniformly random moment of the
 training. Then a fresh process resumes (--resume) and finishes (every fifth trial: that resume is killed
-too, early in its own run, and a second one finishes). A trial passes when the final weights file and
+too, in its first step, and a second one finishes). A trial passes when the final weights file and
 the loss of every step in metrics.jsonl are byte-identical to an uninterrupted run's, no checkpoint that looks
 complete is damaged, the dead run's lock is taken over, and no leftover remains.
 
@@ -60,13 +60,15 @@ def main() -> None:
           and r.get("leftovers_after_resume") == 0]
     lines = ["| # | SIGKILL at (point:occurrence) | killed | complete checkpoints after the kill | damaged among them "
              "| hidden leftovers after the kill | resumed from step | final weights identical | losses identical "
-             "| stale lock taken over | leftovers after resume |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| stale lock taken over | leftovers after resume | resume killed too |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
         lines.append(f"| {i} | {r['fault']} | {yes(r['killed'])} | {r['checkpoints_after_kill']} | "
                      f"{r['corrupt_visible']} | {r['leftovers']} | {r['resumed_from'] or 'start (none yet)'} | "
                      f"{yes(r.get('weights_identical'))} | {yes(r.get('losses_identical'))} | "
-                     f"{yes(r['stale_lock_taken_over'])} | {r.get('leftovers_after_resume')} |")
+                     f"{yes(r['stale_lock_taken_over'])} | {r.get('leftovers_after_resume')} | "
+                     + ("" if r["killed_again"] is None else "yes" if r["killed_again"] else
+                        "no (nothing left to run)") + " |")
     corrupt = sum(r["corrupt_visible"] for r in rows)
     summary = (f"**{len(ok)} of {len(rows)} trials passed**: every run killed, resumed, and finished with the final "
                f"weights file and all {len(ref[1])} step losses byte-identical to the uninterrupted run; "

@@ -107,7 +107,7 @@ def arm(point: str, nth: int) -> None:
             os.truncate(path, size // 2)
         after(checkpoint, "save_file", before=half_file)
     elif point == "ckpt_state":
-        after(torch, "save", when=lambda obj, f, *a, **k: str(f).endswith("state.pt"))
+        after(torch, "save", when=lambda obj, f, *a, **k: str(getattr(f, "name", f)).endswith("state.pt"))
     elif point in ("ckpt_rename", "ckpt_renamed"):
         is_ckpt = lambda src, dst: Path(src).name.startswith(".step-") and ".tmp" in Path(src).name  # noqa: E731
         after(io.os, "replace", when=is_ckpt, before=(lambda *a: None) if point == "ckpt_rename" else None)
@@ -289,14 +289,15 @@ def trial(run_dir: Path, fault: str, ref: tuple[str, list, float], delay: float 
     rc, _, err = _finish(proc)
     visible, corrupt, leftovers = checkpoints_on_disk(run_dir)
     label = fault if fault != "external" else f"external after {delay:.2f}s"
-    if then is not None:  # the resume is killed as well
+    killed_again = None
+    if then is not None:  # the resume is killed as well (when it has a step left to run)
         rc_then, _, _ = _finish(_child(run_dir, "--resume", "--fault", then))
-        rc = rc if rc_then == -signal.SIGKILL else 0  # both kills must have happened
+        killed_again = rc_then == -signal.SIGKILL
         _, corrupt_then, _ = checkpoints_on_disk(run_dir)
         corrupt += corrupt_then
         label += f", its resume at {then}"
     rc2, info, err2 = _finish(_child(run_dir, "--resume", *resume_args))
-    row = {"fault": label, "killed": rc == -signal.SIGKILL,
+    row = {"fault": label, "killed": rc == -signal.SIGKILL, "killed_again": killed_again,
            "checkpoints_after_kill": visible, "corrupt_visible": corrupt, "leftovers": leftovers,
            "resume_rc": rc2, "resumed_from": info.get("resumed_from"),
            "stale_lock_taken_over": any("stale lock" in m for m in info.get("lock_log", [])),
@@ -312,18 +313,17 @@ def trial(run_dir: Path, fault: str, ref: tuple[str, list, float], delay: float 
 def plan(n_trials: int, seed: int, train_seconds: float) -> list[tuple[str, float | None, str | None]]:
     """(fault, delay, then) for n_trials: every point at a random occurrence, round-robin; a third of the
     trials killed from outside at a uniformly random moment of the training; every fifth trial's resume is
-    killed again early in its own run (at a point drawn at random, occurrence 1 or 2)."""
+    killed again in its first step (at a point drawn at random)."""
     import random
 
     rng = random.Random(seed)
     out = []
     for i in range(n_trials):
         then = None
-        if i % 5 == 4:
-            point = rng.choice([p for p in POINTS if p != "ckpt_prune"])
-            then = f"{point}:{rng.randint(1, 2)}"
-        if i % 3 == 2:
-            out.append(("external", rng.uniform(0.05, 0.95) * train_seconds, then))
+        if i % 5 == 4:  # a point every resumed run with a step left reaches
+            then = f"{rng.choice(['forward', 'backward', 'update', 'metrics'])}:1"
+        if i % 3 == 2:  # well inside the training (a kill after the run's end would be no trial)
+            out.append(("external", rng.uniform(0.02, 0.7) * train_seconds, then))
         else:
             point = POINTS[(i - i // 3) % len(POINTS)]
             out.append((f"{point}:{rng.randint(1, REACHED[point])}", None, then))
