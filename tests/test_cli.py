@@ -19,6 +19,7 @@ VERB_ARGS = {
     ("compare",): ["compare", "runs/a", "runs/b"],
     ("serve",): ["serve"],
     ("synth",): ["synth", "--out", "o"],
+    ("report",): ["report", "runs/x"],
 }
 
 

@@ -12,7 +12,8 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     args = ["run", "recipes/quickstart.yaml", "--output.dir", str(out), "--data.tasks.n_train", "48",
             "--data.tasks.n_eval", "26", "--train.batch_size", "8", "--train.save_every", "2",
             "--eval.max_new_tokens", "8", "--eval.suites", "[tasks,loss,robustness]", "--eval.limit", "13",
-            "--eval.every", "2", "--eval.during", "[loss]", "--eval.best_metric", "loss", "--export.to", "gguf-q8_0"]
+            "--eval.every", "2", "--eval.during", "[loss]", "--eval.best_metric", "loss", "--export.to", "gguf-q8_0",
+            "--eval.guard_items", "3", "--eval.guard_max_new_tokens", "24"]
     assert main(args) == 0
     for name in ("config.yaml", "data_report.json", "rejects.jsonl", "metrics.jsonl", "summary.json", "summary.md",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model/model.safetensors",
@@ -40,6 +41,12 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert rob["spread"] == max(rob["per_phrasing"]) - min(rob["per_phrasing"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval"]["tasks"]["after"] == after["tasks"]["score"]
+    # the general-ability guard ran on both models, the tuned one scored against the base's answers
+    guard = {w: json.loads((out / "eval" / w / "guard.json").read_text()) for w in ("before", "after")}
+    assert guard["before"]["n"] == guard["after"]["n"] == 3
+    assert [r["reference_answer"] for r in guard["after"]["records"]] == [r["output"] for r in guard["before"]["records"]]
+    assert summary["guard"]["general"]["after"]["mean"] == guard["after"]["prompt_level_loose"]
+    assert summary["guard"]["specialisation"]["suite"] == "tasks"
     assert summary["train"]["steps"] == 6
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     history = {h["step"]: h["value"] for h in best["history"]}
@@ -62,6 +69,12 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     exports = json.loads((out / "export" / "export_report.json").read_text())
     assert [s["step"] for s in exports["steps"]] == ["gguf-q8_0"] and (out / "export" / "gguf" / "model-q8_0.gguf").is_file()
     assert "| gguf-q8_0 | `export/gguf/model-q8_0.gguf` |" in card
+
+    # The report page: built at the end of the run from its files, the eval numbers those of the JSON.
+    page = (out / "report.html").read_text()
+    assert 'data-suite="tasks"' in page and f'data-value="{after["tasks"]["score"]!r}"' in page
+    assert 'id="items-data"' in page and 'id="exports"' in page and 'id="training"' in page
+    assert json.loads((out / "provenance.json").read_text())["versions"]["tunesmith"]
 
     # `tunesmith eval RUN` evaluates RUN/model into the same layout (eval/after/), never silently over it.
     assert main(["eval", str(out), "--suites", "loss", "--limit", "2"]) == 2
