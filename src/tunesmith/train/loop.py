@@ -31,7 +31,7 @@ from .config import TrainConfig
 from ..errors import UserError
 from .. import ui
 from .checkpoint import DamagedCheckpoint, complete_checkpoints, load_checkpoint, rng_state, save_checkpoint, \
-    set_rng_state
+    set_rng_state, sweep
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from .loss import PackedLoss
 from . import fsdp, nonfinite
@@ -207,6 +207,8 @@ class Trainer:
         A damaged checkpoint (its files do not match the sums in its marker) is never loaded: it is named in
         the log and the one before it is taken."""
         found = complete_checkpoints(self.ckpt_root) if self.ckpt_root is not None else []
+        if found and self.info.is_main:
+            sweep(self.ckpt_root)  # what a killed writer left (also when no checkpoint is written after this)
         for latest in reversed(found):
             try:
                 weights, state, meta = load_checkpoint(latest)
