@@ -290,17 +290,21 @@ def trial(run_dir: Path, fault: str, ref: tuple[str, list, float], delay: float 
     visible, corrupt, leftovers = checkpoints_on_disk(run_dir)
     label = fault if fault != "external" else f"external after {delay:.2f}s"
     killed_again = None
+    lock_log: list[str] = []
     if then is not None:  # the resume is killed as well (when it has a step left to run)
-        rc_then, _, _ = _finish(_child(run_dir, "--resume", "--fault", then))
+        rc_then, info_then, _ = _finish(_child(run_dir, "--resume", "--fault", then))
+        # a resume with nothing left to run finishes: the stale lock was taken over here, not by the next one
+        lock_log += info_then.get("lock_log", [])
         killed_again = rc_then == -signal.SIGKILL
         _, corrupt_then, _ = checkpoints_on_disk(run_dir)
         corrupt += corrupt_then
         label += f", its resume at {then}"
     rc2, info, err2 = _finish(_child(run_dir, "--resume", *resume_args))
+    lock_log += info.get("lock_log", [])
     row = {"fault": label, "killed": rc == -signal.SIGKILL, "killed_again": killed_again,
            "checkpoints_after_kill": visible, "corrupt_visible": corrupt, "leftovers": leftovers,
            "resume_rc": rc2, "resumed_from": info.get("resumed_from"),
-           "stale_lock_taken_over": any("stale lock" in m for m in info.get("lock_log", [])),
+           "stale_lock_taken_over": any("stale lock" in m for m in lock_log),
            "error": "" if rc2 == 0 else f"resume exit {rc2}"}
     if rc2 == 0:
         weights, losses = outcome(run_dir)

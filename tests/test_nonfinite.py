@@ -93,6 +93,11 @@ def test_skip_drops_the_step_logs_it_and_resumes_exactly(tmp_path):
     assert [r["loss"] for r in metrics(tmp_path / "b")] == [r["loss"] for r in lines]
     assert weights_at(tmp_path / "b", 6).keys() == weights_at(tmp_path / "a", 6).keys()
     assert all(torch.equal(weights_at(tmp_path / "b", 6)[k], v) for k, v in weights_at(tmp_path / "a", 6).items())
+    # The summary lists the skipped step (found in metrics.jsonl, whichever invocation skipped it) and its sample.
+    from tunesmith.report.summary import skipped_steps
+    for run in ("a", "b"):
+        assert [(k["step"], k["loss"]) for k in skipped_steps(tmp_path / run)] == [(3, lines[2]["loss"])]
+        assert bad[victim].origin in skipped_steps(tmp_path / run)[0]["samples"]
 
 
 def test_too_many_skips_in_a_row_stop(tmp_path):

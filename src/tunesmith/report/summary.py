@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -14,6 +16,21 @@ from .tables import comparison_table, fmt
 
 def _scores(evals: dict[str, Any], when: str) -> dict[str, float]:
     return {suite: r["score"] for suite, r in evals.get(when, {}).items()}
+
+
+def skipped_steps(run_dir) -> list[dict[str, Any]]:
+    """Every step dropped for a non-finite loss (train.on_nonfinite: skip), over all resumes of the run:
+    [{"step", "loss", "samples": [origin, ...]}] from metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line) if line.startswith("{") else {}
+        if rec.get("nonfinite") and rec.get("action") == "skipped":
+            out[rec["step"]] = {"step": rec["step"], "loss": rec.get("loss"),
+                                "samples": [s["origin"] for s in rec.get("samples", [])]}
+    return [out[k] for k in sorted(out)]
 
 
 def build_summary(run: dict[str, Any], data_report: dict[str, Any], result, evals: dict[str, Any],
@@ -30,6 +47,7 @@ def build_summary(run: dict[str, Any], data_report: dict[str, Any], result, eval
         "data": {k: data_report[k] for k in ("total", "kept", "rejected", "by_reason")},
         "train": {"steps": result.steps, "final_loss": result.losses[-1] if result.losses else None,
                   "resumed_from": result.resumed_from, "seconds": round(result.seconds, 1),
+                  "skipped_steps": skipped_steps(run["run_dir"]),
                   "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None},
         "eval": {suite: {"before": before.get(suite), "after": after.get(suite),
                          "n": (evals.get("after") or evals.get("before") or {}).get(suite, {}).get("n")}
@@ -44,7 +62,11 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines = [f"# tunesmith run: {s['run_dir']}", "", f"- model: {s['model']} ({s['method']})",
              f"- data: {s['data']['kept']} kept of {s['data']['total']} ({s['data']['rejected']} rejected)",
              f"- training: {s['train']['steps']} steps, final loss {s['train']['final_loss']}, "
-             f"{s['train']['tokens_per_s']} tokens/s", f"- wall time: {s['wall_seconds']} s", "",
+             f"{s['train']['tokens_per_s']} tokens/s"]
+    for skip in s["train"].get("skipped_steps") or []:
+        lines.append(f"- step {skip['step']} skipped (loss {skip['loss']}, not finite; train.on_nonfinite: skip): "
+                     f"samples {', '.join(skip['samples'][:4])}" + (" ..." if len(skip["samples"]) > 4 else ""))
+    lines += [f"- wall time: {s['wall_seconds']} s", "",
              "| suite | base | tuned |", "|---|---|---|"]
     for suite, v in s["eval"].items():
         lines.append(f"| {suite} | {fmt(v['before'], suite)} | {fmt(v['after'], suite)} |")
@@ -75,6 +97,10 @@ def summary_markdown(s: dict[str, Any]) -> str:
 def print_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
 
+    skipped = [k["step"] for k in s["train"].get("skipped_steps") or []]
+    if skipped:
+        ui.log(f"[yellow]{len(skipped)} step(s) skipped for a non-finite loss:[/] {skipped} (metrics.jsonl names "
+               f"their samples)")
     if s.get("checkpoint_kept"):
         ui.log(f"checkpoint kept: step {s['checkpoint_kept']['kept_step']} ({s['checkpoint_kept']['reason']})")
     if not s["eval"]:
