@@ -46,6 +46,7 @@ from torch import nn
 
 from .. import qformat
 from ..errors import UserError
+from ..qformat import quantize_int4, quantize_int8  # noqa: F401  (the quantizers of one weight)
 from ..ui import progress_bar
 from .calibration import (CALIBRATION_SEED, LinearInputs, calibration_summary, collect_activations,  # noqa: F401
                           default_calibration_ids, quantizable_linears)
@@ -58,35 +59,8 @@ _NO_CLIP = ("q_proj", "k_proj", "query_key_value", "Wqkv", "c_attn")
 
 
 # ---------------------------------------------------------------------------------------------
-# The quantizers of one weight
+# Search and error helpers (the quantizers of one weight live in qformat)
 # ---------------------------------------------------------------------------------------------
-
-
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: (q int8 [out, in] in -127..127, scale fp32 [out])."""
-    w = w.detach().to(torch.float32)
-    scale = w.abs().amax(dim=1) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row: q = 0
-    q = torch.round(w / scale.view(-1, 1)).clamp_(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def quantize_int4(w: torch.Tensor, group_size: int, group_max: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric group-wise int4 round-to-nearest: (q int8 [out, in] in -7..7, scale fp32 [out, in/group]).
-
-    group_max: the clipping value per (out, group) (default: the group's max |w|, i.e. no clipping).
-    """
-    w = w.detach().to(torch.float32)
-    out, cols = w.shape
-    if group_size <= 0 or cols % group_size:
-        raise ValueError(f"in_features {cols} is not a multiple of group_size {group_size}")
-    g = w.view(out, cols // group_size, group_size)
-    gmax = g.abs().amax(dim=-1) if group_max is None else group_max.to(torch.float32)
-    scale = gmax / 7.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: q = 0
-    q = torch.round(g / scale.unsqueeze(-1)).clamp_(-7, 7).to(torch.int8).view(out, cols)
-    return q, scale
 
 
 def _output_error(d: torch.Tensor, gram: torch.Tensor) -> float:

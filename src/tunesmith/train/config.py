@@ -18,6 +18,16 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input (0 keeps fused LoRA on)")
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt, "
                                                                                        "or all-linear")
+    init: Literal["default", "pissa", "corda", "loftq", "olora"] = Field(
+        "default", description="adapter initialisation: default (B = 0), pissa (principal singular components), "
+        "corda (context-oriented: covariance of the training prompts), loftq (W ~ Q(W) + BA, for a quantized "
+        "base), olora (QR); all but default move the chosen components out of the frozen base weights")
+    corda_samples: int = Field(256, ge=8, description="lora.init corda: training samples whose inputs give the "
+                                                      "covariance")
+    corda_method: Literal["ipm", "kpm"] = Field("ipm", description="lora.init corda: ipm (adapter from the "
+                                                "principal components: learns fastest) or kpm (adapter from "
+                                                "the least used ones: forgets least)")
+    loftq_iters: int = Field(1, ge=1, description="lora.init loftq: alternating quantize / SVD iterations")
 
 
 class DpoConfig(Section):
@@ -51,15 +61,45 @@ class DpoConfig(Section):
         return self
 
 
+class LisaConfig(Section):
+    """LISA (Pan et al. 2024): every `period` steps, `layers` decoder layers drawn at random train fully; the
+    embeddings and the output layer always train; everything else is frozen."""
+
+    layers: int = Field(2, ge=1, description="decoder layers trained at a time")
+    period: int = Field(20, ge=1, description="steps between two draws of the trained layers")
+
+
+class GaloreConfig(Section):
+    """GaLore (Zhao et al. 2024): full-parameter training whose 2-D weight gradients are projected to rank
+    `rank` (projector from an SVD of the gradient, renewed every `update_proj_gap` steps); Adam's moments
+    live in the low-rank space. Embeddings, output layer and norms take plain AdamW."""
+
+    rank: int = Field(128, ge=1, description="rank of the projected gradient")
+    update_proj_gap: int = Field(200, ge=1, description="steps between two projector updates (SVD)")
+    scale: float = Field(0.25, gt=0, description="scale of the projected-back update")
+
+
 class TrainConfig(Section):
     """The training loop: method, objective, batch, schedule, checkpoints and the training kernels."""
 
-    method: Literal["lora", "full"] = Field("lora", description="what trains: lora (adapter only) or full "
-                                                                "(every weight)")
+    method: Literal["lora", "dora", "full", "lisa", "galore"] = Field(
+        "lora", description="what trains: lora (adapter only), dora (LoRA split into magnitude and direction), "
+        "full (every weight), lisa (a few sampled full layers at a time, see train.lisa) or galore (every weight, "
+        "low-rank gradient projection, see train.galore)")
     objective: Literal["sft", "dpo"] = Field("sft", description="sft (learn the answers) or dpo (learn "
                                                                 "preferences from chosen/rejected pairs)")
     dpo: DpoConfig = DpoConfig()
     lora: LoraConfig = LoraConfig()
+    lisa: LisaConfig = LisaConfig()
+    galore: GaloreConfig = GaloreConfig()
+    base_quant: Literal["none", "int8", "int4"] = Field(
+        "none", description="lora: keep the frozen base Linear weights quantized in memory (int8 per channel or "
+        "int4 per group, dequantized layer by layer in forward and backward; QLoRA-style); the merged model is "
+        "the adapter merged into the dequantized base")
+    base_quant_group_size: int = Field(64, ge=2, description="base_quant int4: input channels per scale (a layer "
+                                       "whose in_features is not a multiple stays fp32)")
+    neftune_alpha: float = Field(0.0, ge=0.0, description="NEFTune: uniform noise of scale alpha / sqrt(L * d) on "
+                                 "the input embeddings while training (L: the sample's tokens); 5 is common; 0: off")
     epochs: float = Field(1.0, gt=0, description="passes over the data (a ragged last batch is dropped)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
     batch_size: int = Field(16, ge=1, description="samples per optimizer step")
@@ -100,9 +140,50 @@ class TrainConfig(Section):
     def _method_is_what_trains(cls, value):
         if isinstance(value, str) and value.lower() in ("dpo", "ipo", "simpo", "preference"):
             raise ValueError(f"'{value}' is an objective, not a method: train.method says what is trained "
-                             f"(lora or full); write train.objective: dpo" +
+                             f"(lora, dora, full, lisa or galore); write train.objective: dpo" +
                              (f" with train.dpo.loss: {value.lower()}" if value.lower() in ("ipo", "simpo") else ""))
         return value
+
+    @model_validator(mode="after")
+    def _check_method(self) -> "TrainConfig":
+        """Combinations that cannot work, refused with what to do instead (a section left at its defaults
+        counts as absent, so a resolved config.yaml validates again)."""
+        m, init, quant = self.method, self.lora.init, self.base_quant
+        adapter = m in ("lora", "dora")
+        if m in ("lisa", "galore") and self.lora != LoraConfig():
+            raise ValueError(f"train.lora configures an adapter, but train.method {m} trains the weights themselves: "
+                             f"remove train.lora (or set train.method: lora)")
+        if self.lisa != LisaConfig() and m != "lisa":
+            raise ValueError(f"train.lisa applies to train.method: lisa (this recipe has {m}): remove it or set "
+                             "train.method: lisa")
+        if self.galore != GaloreConfig() and m != "galore":
+            raise ValueError(f"train.galore applies to train.method: galore (this recipe has {m}): remove it or set "
+                             "train.method: galore")
+        if init != "default" and not adapter:
+            raise ValueError(f"train.lora.init {init} initialises an adapter, but train.method {m} has none: set "
+                             "train.method: lora")
+        if m == "dora" and init != "default":
+            raise ValueError(f"train.lora.init {init} with train.method dora is not supported: use train.method: "
+                             f"lora with init {init}, or dora with init default")
+        if quant != "none" and m != "lora":
+            raise ValueError(f"train.base_quant {quant} keeps a frozen base quantized, which only train.method: lora "
+                             f"has (method {m} " + ("trains the base weights" if not adapter else
+                                                     "needs the full-precision weight in every step") +
+                             "): set train.base_quant: none, or train.method: lora")
+        if quant != "none" and init in ("pissa", "corda", "olora"):
+            raise ValueError(f"train.lora.init {init} with train.base_quant {quant} is not supported (the "
+                             "initialisation needs the fp32 base): use lora.init loftq, made for a quantized base, or "
+                             "train.base_quant: none")
+        if quant != "none" and self.kl_to_base:
+            raise ValueError("train.kl_to_base with train.base_quant is not supported: set one of them off")
+        if self.neftune_alpha and self.objective != "sft":
+            raise ValueError("train.neftune_alpha applies to train.objective: sft: set it to 0 for dpo")
+        if self.distributed == "fsdp" and (m in ("dora", "lisa", "galore") or quant != "none" or init != "default"):
+            what = f"train.method {m}" if m in ("dora", "lisa", "galore") else \
+                f"train.base_quant {quant}" if quant != "none" else f"train.lora.init {init}"
+            raise ValueError(f"train.distributed: fsdp does not support {what} (the sharded path trains plain lora and "
+                             "full): set train.distributed: ddp")
+        return self
 
     @model_validator(mode="after")
     def _check_kl(self) -> "TrainConfig":

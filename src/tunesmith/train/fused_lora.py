@@ -10,7 +10,8 @@ the base output by the GEMM itself (`addmm`, beta=1):
 Mathematically identical; bit-identical when `scaling` is a power of two (the default alpha=32,
 r=16 gives 2). Used only through `fused_lora_enabled(model)` around the training forward, and only
 for adapters in the plain case: one active adapter, not merged, not disabled, no DoRA or other
-variant, no dropout (p=0) -- anything else keeps PEFT's own forward.
+variant, no dropout (p=0), a full-precision base (not train.base_quant's QuantLinear, whose weight
+is recomputed per use) -- anything else keeps PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _eligible(module: nn.Module) -> str | None:
     drop = module.lora_dropout[name]
     if not isinstance(drop, nn.Identity) and not (isinstance(drop, nn.Dropout) and drop.p == 0.0):
         return None
-    if not isinstance(module.base_layer, nn.Linear) or module.lora_A[name].bias is not None \
+    if not isinstance(module.base_layer, nn.Linear) or getattr(module.base_layer, "quantized", False) \
+            or module.lora_A[name].bias is not None \
             or module.lora_B[name].bias is not None or getattr(module, "fan_in_fan_out", False):
         return None
     return name

@@ -9,6 +9,10 @@ into micro-batches or ranks (4x2, 1x8, 2 ranks x 4) computes the same gradient. 
 (train.preference), with the same guarantees.
 A step whose loss or gradient norm is not finite never reaches the optimizer (train.nonfinite). Under
 torchrun the loss module is wrapped by DDP, or sharded by FSDP2 (train.fsdp, `distributed: fsdp`).
+The tuning methods hook in at three points, each a pure function of (seed, step) so resume stays exact:
+`method: lisa` switches the trained decoder layers at the start of a period (train.lisa), `method: galore`
+takes its own optimizer (train.galore), and `neftune_alpha` adds per-sample noise to the input embeddings
+(train.neftune) drawn from the step and the sample's place in the batch, whatever the micro-batch split.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from .checkpoint import DamagedCheckpoint, complete_checkpoints, load_checkpoint
     set_rng_state, sweep
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from .loss import PackedLoss
-from . import fsdp, nonfinite
+from . import fsdp, neftune, nonfinite
+from ..kernels.unwrap import unwrap
+from .galore import build_galore_optimizer
+from .lisa import Lisa
 from .preference import PackedLogProbs, Reference, forward_backward_pairs, load_or_compute_reference, step_record
 from .schedule import build_optimizer, build_scheduler
 from .setup import load_trainable_state, trainable_state
@@ -93,9 +100,11 @@ def replay_target_mask(samples: list[TokenizedExample]) -> torch.Tensor:
     return torch.tensor([bool(s.meta.get("replay")) for s in samples for _ in range(s.n_trainable)], dtype=torch.bool)
 
 
-def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: TrainConfig, info: DistInfo):
+def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: TrainConfig, info: DistInfo,
+                     step: int = 0):
     """Accumulate the gradient of one global step's loss (mean over its target tokens).
 
+    step: the 1-based global step (seeds the NEFTune noise, train.neftune_alpha).
     Returns (summed loss on this rank, tokens on this rank, packed rows on this rank).
     """
     # Normaliser: target tokens in the whole global step (known on every rank, no sync needed).
@@ -103,11 +112,18 @@ def forward_backward(loss_module, model, batch: list[TokenizedExample], cfg: Tra
     rows = _micro_rows(batch[info.rank::info.world_size], cfg)
     loss_sum = torch.zeros((), dtype=torch.float64)
     n_tokens = 0
+    done = 0  # samples of this rank in the rows before this one
     for k, (row, row_samples) in enumerate(rows):
         last = k == len(rows) - 1
         # DDP: all-reduce gradients once per step, on the last micro-batch only.
         ctx = loss_module.no_sync() if not last and hasattr(loss_module, "no_sync") else nullcontext()
         kl = {"kl_mask": replay_target_mask(row_samples).to(info.device)} if cfg.kl_to_base else {}
+        if cfg.neftune_alpha:
+            positions = [info.rank + info.world_size * (done + j) for j in range(len(row_samples))]
+            dim = unwrap(model).get_input_embeddings().weight.shape[1]
+            kl["embed_noise"] = neftune.row_noise(row_samples, positions, dim, cfg.neftune_alpha, cfg.seed,
+                                                  step).to(info.device)
+        done += len(row_samples)
         with ctx:
             row_loss = loss_module(row.input_ids.to(info.device), row.position_ids.to(info.device),
                                    row.targets.to(info.device), **kl)
@@ -190,7 +206,15 @@ class Trainer:
         elif self.info.world_size > 1:
             self.loss_module = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None)
-        self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
+        if cfg.method == "lisa" and self.info.world_size > 1:
+            raise UserError("train.method lisa under torchrun is not supported (DDP fixes the trained parameters when "
+                            "it wraps the model, and LISA changes them every period): run it in one process, or "
+                            "use train.method lora or full")
+        self.lisa = Lisa(model, cfg) if cfg.method == "lisa" else None
+        if cfg.method == "galore":
+            self.optimizer = build_galore_optimizer(model, cfg)
+        else:
+            self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, self.n_total, cfg.min_lr_ratio)
         self.ckpt_root = run_dir / "checkpoints" if run_dir is not None else None
         if run_dir is not None:
@@ -252,11 +276,13 @@ class Trainer:
         rng_before = rng_state()  # a stop saves the state before this step, RNG included
         indices = step_indices(step - 1, len(self.samples), cfg)
         batch = [self.samples[i] for i in indices]
+        if self.lisa is not None:
+            self.lisa.on_step(step, self.optimizer)  # a new period: other decoder layers train
         if self.dpo:
             ref = self.reference.of(indices) if self.reference is not None else None
             sums, n_rows = forward_backward_pairs(self.loss_module, self.model, batch, ref, cfg, self.info)
         else:
-            loss_sum, n_tokens, n_rows = forward_backward(self.loss_module, self.model, batch, cfg, self.info)
+            loss_sum, n_tokens, n_rows = forward_backward(self.loss_module, self.model, batch, cfg, self.info, step)
             sums = torch.tensor([float(loss_sum), float(n_tokens)], dtype=torch.float64)
         totals = all_reduce_sum(sums, self.info)  # before the update: every rank decides alike
         grad_norm = self._grad_norm()

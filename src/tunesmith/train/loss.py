@@ -36,13 +36,18 @@ class PackedLoss(nn.Module):
         self.swiglu_recompute = swiglu_recompute
         self.kl_weight = kl_weight
 
-    def hidden(self, input_ids, position_ids):
-        """The decoder's last hidden states of a packed row: [1, L] ids -> [1, L, H]."""
+    def hidden(self, input_ids, position_ids, embed_noise=None):
+        """The decoder's last hidden states of a packed row: [1, L] ids -> [1, L, H].
+
+        embed_noise: [1, L, H] added to the input embeddings (NEFTune, train.neftune)."""
         lm = unwrap(self.model)
+        inputs = {"input_ids": input_ids}
+        if embed_noise is not None:
+            inputs = {"inputs_embeds": lm.get_input_embeddings()(input_ids) + embed_noise}
         # attention_mask=None + restarting position_ids + no cache -> per-sample causal attention.
         with packed_attention_enabled(lm), fused_lora_enabled(self.model, self.fused_lora), \
                 light_swiglu_enabled(self.model, self.swiglu_recompute):
-            return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+            return lm.get_decoder()(**inputs, position_ids=position_ids, use_cache=False,
                                     attention_mask=None).last_hidden_state  # [1, L, H]
 
     def base_hidden(self, input_ids, position_ids):
@@ -52,9 +57,10 @@ class PackedLoss(nn.Module):
         with torch.no_grad(), self.model.disable_adapter():
             return self.hidden(input_ids, position_ids)
 
-    def forward(self, input_ids, position_ids, targets, kl_mask=None):
-        """kl_mask: bool [T] over the row's T targets (in order), True where the KL term to the base applies."""
-        hidden = self.hidden(input_ids, position_ids)  # [1, L, H]
+    def forward(self, input_ids, position_ids, targets, kl_mask=None, embed_noise=None):
+        """kl_mask: bool [T] over the row's T targets (in order), True where the KL term to the base applies.
+        embed_noise: [1, L, H] NEFTune noise for the input embeddings (training only)."""
+        hidden = self.hidden(input_ids, position_ids, embed_noise)  # [1, L, H]
         keep = targets != IGNORE  # [1, L]
         head = unwrap(self.model).get_output_embeddings()
         h = hidden[keep]  # [T, H]

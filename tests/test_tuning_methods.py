@@ -1,0 +1,228 @@
+"""The tuning methods of train.method / lora.init / base_quant / lisa / galore / neftune_alpha: each resumes
+bit for bit and accumulates gradients exactly; quantized bases, LISA's layer schedule, adapters in plain
+PEFT, merging, and the combinations refused at validation."""
+
+import time
+
+import pytest
+import torch
+
+from conftest import random_samples, tiny_llama
+from tunesmith.errors import UserError
+from tunesmith.train.config import TrainConfig
+from tunesmith.train.setup import prepare_model
+
+# One TrainConfig fragment per method; r=4 adapters, an int4 group of 32 fits the tiny model's 64/128 widths.
+METHODS = {
+    "lora": dict(method="lora", lora={"r": 4}),
+    "dora": dict(method="dora", lora={"r": 4}),
+    "pissa": dict(method="lora", lora={"r": 4, "init": "pissa"}),
+    "corda": dict(method="lora", lora={"r": 4, "init": "corda", "corda_samples": 16}),
+    "olora": dict(method="lora", lora={"r": 4, "init": "olora"}),
+    "loftq": dict(method="lora", lora={"r": 4, "init": "loftq"}, base_quant="int4", base_quant_group_size=32),
+    "int8": dict(method="lora", lora={"r": 4}, base_quant="int8"),
+    "int4": dict(method="lora", lora={"r": 4}, base_quant="int4", base_quant_group_size=32),
+    "lisa": dict(method="lisa", lisa={"layers": 1, "period": 2}),
+    "galore": dict(method="galore", galore={"rank": 8, "update_proj_gap": 2, "scale": 0.5}),
+    "neftune": dict(method="lora", lora={"r": 4}, neftune_alpha=5.0),
+}
+
+
+def fresh(cfg: TrainConfig, samples, init_seed: int = 0, layers: int = 2):
+    base = tiny_llama(0) if layers == 2 else _tiny_layers(layers)
+    torch.manual_seed(init_seed)
+    return prepare_model(base, cfg, samples)
+
+
+def _tiny_layers(n: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=n,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).float()
+
+
+def _loss(model, samples) -> float:
+    from tunesmith.data.packing import pack_rows
+    from tunesmith.train.loss import PackedLoss
+
+    row = pack_rows(samples, 4096)[0]
+    with torch.no_grad():
+        return float(PackedLoss(model)(row.input_ids, row.position_ids, row.targets))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_resume_is_bit_identical_and_4x2_equals_1x8(tmp_path, name):
+    from tunesmith.train.distributed import DistInfo
+    from tunesmith.train.loop import forward_backward, train
+    from tunesmith.train.loss import PackedLoss
+
+    samples = random_samples(40, seed=5)
+    run = dict(batch_size=8, max_steps=5, lr=1e-2, warmup_steps=1, save_every=100, **METHODS[name])
+    cfg = TrainConfig(**run, micro_batch_size=2)
+    trained = fresh(cfg, samples)
+    straight = train(trained, samples, cfg, tmp_path / "a")
+    first = train(fresh(cfg, samples), samples, cfg, tmp_path / "b", stop_after=3)
+    second = train(fresh(cfg, samples, init_seed=123), samples, cfg, tmp_path / "b", resume=True)
+    assert second.resumed_from == 3
+    assert first.losses + second.losses == straight.losses  # bit-identical
+    assert _loss(trained, samples[:16]) != _loss(fresh(cfg, samples), samples[:16])  # it trained something
+
+    # 4 micro-batches of 2 == 1 micro-batch of 8: the same gradient (NEFTune's noise included) ...
+    model = fresh(cfg, samples)
+    grads = []
+    for micro in (2, None):
+        c = TrainConfig(**run, micro_batch_size=micro)
+        forward_backward(PackedLoss(model), model, samples[:8], c, DistInfo(), step=1)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad(set_to_none=True)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n, g in grads[1].items():
+        assert torch.allclose(grads[0][n], g, atol=1e-6, rtol=1e-4), n
+    # ... and whole runs agree step by step.
+    accumulated = train(fresh(cfg, samples), samples, TrainConfig(**run, micro_batch_size=2), None).losses
+    assert accumulated == pytest.approx(straight.losses, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_base_within_half_a_step_and_no_fp32_weight_kept(tmp_path, kind):
+    from tunesmith.train.quantbase import QuantLinear, load_quantized_base, quantize_model_
+
+    original = tiny_llama(0)
+    weights = {n: m.weight.detach().clone() for n, m in original.named_modules()
+               if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    original.save_pretrained(tmp_path / "m")
+    streamed = load_quantized_base(tmp_path / "m", kind, group_size=32, log=lambda *a: None)
+    in_memory = tiny_llama(0)
+    quantize_model_(in_memory, kind, 32)
+    for model in (streamed, in_memory):
+        quant = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+        assert quant.keys() == weights.keys()
+        for n, m in quant.items():
+            w, deq = weights[n], m.dequantized()
+            step = m.scale.view(-1, 1) if kind == "int8" else m.scale.repeat_interleave(32, dim=1)
+            assert (w - deq).abs().le(step / 2 + 1e-7).all(), n
+            assert m.qdata.dtype == (torch.int8 if kind == "int8" else torch.uint8)
+        assert not any(p.dtype == torch.float32 and p.dim() == 2 and p.shape != (97, 64)
+                       for p in model.parameters())  # only the (tied) embeddings stay fp32 matrices
+    assert torch.equal(streamed.model.embed_tokens.weight, original.model.embed_tokens.weight)
+    assert streamed.lm_head.weight is streamed.model.embed_tokens.weight
+    ids = torch.tensor([[1, 5, 9, 3]])
+    a, b = streamed(input_ids=ids).logits, in_memory(input_ids=ids).logits
+    assert torch.equal(a, b)
+    # Backward reaches the input; autograd saves no tensor the size of a weight in fp32.
+    x = torch.randn(3, 64, requires_grad=True)
+    layer = streamed.model.layers[0].mlp.gate_proj
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append((t.dtype, t.numel())) or t, lambda t: t):
+        y = layer(x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, layer.dequantized().sum(0).expand(3, -1), atol=1e-6)
+    assert (torch.float32, 128 * 64) not in sizes
+
+
+def test_lisa_trains_exactly_the_sampled_layers():
+    from tunesmith.train.lisa import active_layers
+    from tunesmith.train.loop import Trainer
+
+    samples = random_samples(32, seed=3)
+    cfg = TrainConfig(method="lisa", lisa={"layers": 2, "period": 2}, batch_size=4, max_steps=6, lr=1e-2,
+                      warmup_steps=0, save_every=100)
+    model = fresh(cfg, samples, layers=5)
+    trainer = Trainer(model, samples, cfg, None)
+    trainer.log = trainer._open_log()
+    seen = set()
+    for period in range(3):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for step in (2 * period + 1, 2 * period + 2):
+            trainer.step(step, time.perf_counter())
+        active = active_layers(cfg.seed, period, 5, 2)
+        assert trainer.lisa.active == active
+        seen.update(active)
+        for n, p in model.named_parameters():
+            in_layer = n.startswith("model.layers.")
+            trained = not in_layer or int(n.split(".")[2]) in active
+            assert torch.equal(p, before[n]) != trained, n  # changed exactly when trained
+        # Optimizer state only for what trains now (a layer that left was reset).
+        stateful = {id(p) for p in trainer.optimizer.state}
+        for i, layer in enumerate(model.model.layers):
+            assert all((id(p) in stateful) == (i in active) for p in layer.parameters())
+    assert len(seen) > 2  # the draw changed between periods
+
+
+def _logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("name", ["dora", "pissa", "corda", "int4"])
+def test_saved_adapter_loads_in_plain_peft_and_merges(tmp_path, name):
+    from peft import PeftModel
+
+    from tunesmith.export.merge import BASE_NOTE, merged_model, save_adapter
+    from tunesmith.train.loop import train
+    from tunesmith.train.quantbase import quantize_model_
+
+    samples = random_samples(24, seed=9)
+    cfg = TrainConfig(batch_size=4, max_steps=3, lr=3e-2, warmup_steps=0, **METHODS[name])
+    model = fresh(cfg, samples)
+    train(model, samples, cfg, None)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79]])
+    ours = _logits(model, ids)
+    save_adapter(model, tmp_path / "adapter")
+    base = tiny_llama(0)
+    if name == "int4":  # the adapter belongs to the dequantized base, and says so
+        assert (tmp_path / "adapter" / BASE_NOTE).is_file()
+        quantize_model_(base, "int4", 32)
+        from tunesmith.train.quantbase import dequantize_model_
+        dequantize_model_(base)
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    assert torch.allclose(_logits(plain, ids), ours, atol=1e-5)
+    assert not torch.allclose(_logits(tiny_llama(0), ids), ours, atol=1e-3)  # it did train
+    merged = merged_model(model)
+    assert torch.allclose(_logits(merged, ids), ours, atol=1e-5)
+
+
+def test_neftune_noise_only_while_training():
+    from tunesmith.train.loss import PackedLoss
+
+    samples = random_samples(4, seed=2)
+    cfg = TrainConfig(**METHODS["neftune"])
+    model = fresh(cfg, samples)
+    from tunesmith.data.packing import pack_rows
+    from tunesmith.train.neftune import row_noise
+
+    row = pack_rows(samples, 1024)[0]
+    noise = row_noise(samples, [0, 1, 2, 3], 64, 5.0, 0, 1)
+    assert noise.shape == (1, row.input_ids.shape[1], 64)
+    first = samples[0]
+    bound = 5.0 / (len(first.input_ids) * 64) ** 0.5  # each sample's own length, not the row's
+    assert noise[0, :len(first.input_ids)].abs().max() <= bound
+    loss = PackedLoss(model)
+    plain = loss(row.input_ids, row.position_ids, row.targets)
+    noisy = loss(row.input_ids, row.position_ids, row.targets, embed_noise=noise)
+    assert plain != noisy
+
+
+@pytest.mark.parametrize("train, keys", [
+    ({"method": "full", "base_quant": "int4"}, ["train.base_quant", "train.method"]),
+    ({"method": "lisa", "lora": {"r": 8}}, ["train.lora", "train.method"]),
+    ({"method": "galore", "distributed": "fsdp"}, ["train.distributed", "train.method galore"]),
+    ({"base_quant": "int8", "lora": {"init": "pissa"}}, ["train.lora.init pissa", "train.base_quant"]),
+    ({"method": "dora", "lora": {"init": "corda"}}, ["train.lora.init corda", "train.method"]),
+    ({"objective": "dpo", "neftune_alpha": 5}, ["train.neftune_alpha"]),
+])
+def test_impossible_combinations_refused_at_validation(tmp_path, train, keys):
+    import yaml
+
+    from tunesmith.stages.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"train": train}))
+    with pytest.raises(UserError) as err:
+        load_recipe(path)
+    for key in keys:
+        assert key in str(err.value)
