@@ -102,6 +102,8 @@ def run_model_card(run_dir: str | Path, base_sha256: str | None = None) -> str:
              f"Tuned from `{model.get('name')}` ({model.get('dtype')})" +
              (f", weights sha256 `{base_sha256}`" if base_sha256 else "") +
              f" with tunesmith, method `{config.get('train', {}).get('method')}`.", ""]
+    if summary.get("merged_into"):  # train.base_quant / lora.init loftq: the merge target is not the original
+        lines += [f"The merged model in model/ is the adapter merged into {summary['merged_into']}.", ""]
     if summary.get("train"):
         t = summary["train"]
         final = t["final_loss"] if t["final_loss"] is not None else _last_loss(run_dir / "metrics.jsonl")

@@ -47,7 +47,7 @@ from .recipe import Recipe, dump_recipe, parent_label, phase_recipe
 from .report import report_at_end
 from .replay import add_replay
 from .synth import with_synth_data
-from .train import fit, keep_best, save, setup_model, unsharded
+from .train import fit, keep_best, load_base, merged_into, method_label, save, setup_model, unsharded
 
 
 def _holds(path: Path) -> bool:
@@ -143,8 +143,8 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
     data = _data(recipe, tokenizer, run_dir, info)
     if "data" in recipe.eval.suites:  # a bad checker or pattern fails now, not after training
         check_data_suite(data.eval_examples, recipe.eval.match)
-    model = load_configured_model(recipe.model, log=ui.log)
     tcfg = recipe.train
+    model = load_base(recipe.model, tcfg, log=ui.log)  # train.base_quant: quantized as it loads
     ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
                        tcfg.loss_chunk_size, data_items=data.eval_examples)
     evals: dict[str, Any] = {}
@@ -156,7 +156,7 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
     ctx.guard_reference = guard_reference(evals.get("before"))
     _replay(recipe, data, model, tokenizer, run_dir, info)
 
-    model = setup_model(model, tcfg)
+    model = setup_model(model, tcfg, data.train_samples)
     during_ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
                               tcfg.loss_chunk_size, during=True, data_items=data.eval_examples)
     evaluator, best = during_training(model, tokenizer, recipe.eval, during_ctx, run_dir / "checkpoints")
@@ -170,10 +170,10 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
     if do_eval and recipe.eval.after:
         evals["after"] = evaluate(model, tokenizer, suites, ctx, "tuned", run_dir / "eval" / "after")
 
-    method = tcfg.method if tcfg.objective == "sft" else f"{tcfg.method}, dpo ({tcfg.dpo.loss})"
-    about = {"model": recipe.model.name, "method": method, "run_dir": recipe.output.dir}
+    about = {"model": recipe.model.name, "method": method_label(tcfg), "run_dir": recipe.output.dir}
     summary = build_summary(about, data.report, result, evals, adapter_dir, model_dir, time.perf_counter() - t_start)
     summary["checkpoint_kept"] = kept
+    summary["merged_into"] = merged_into(tcfg) if model_dir else None
     summary["guard"] = guard_verdict(evals.get("before", {}), evals.get("after", {}))
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "summary.md", summary_markdown(summary))

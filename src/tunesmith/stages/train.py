@@ -21,10 +21,50 @@ from ..train.tracking import BestTracker
 from .data import DataBundle
 
 
-def setup_model(model, cfg: TrainConfig):
-    """Seed (LoRA initialisation is part of the reproducible run), then wrap for the method."""
+def setup_model(model, cfg: TrainConfig, samples: list | None = None):
+    """Seed (LoRA initialisation is part of the reproducible run), then wrap for the method (samples: the
+    training samples, for lora.init corda's covariance)."""
     torch.manual_seed(cfg.seed)
-    return prepare_model(model, cfg)
+    return prepare_model(model, cfg, samples)
+
+
+def load_base(model_cfg, cfg: TrainConfig, log=ui.log):
+    """The base model to train: with train.base_quant, read with its Linear weights quantized as they are
+    loaded (the fp32 model never whole in memory, quantbase.load_quantized_base); otherwise as configured."""
+    from ..models import load_configured_model, local_model_dir
+    from ..qformat import is_quantized_dir
+    from ..train.quantbase import load_quantized_base
+
+    if cfg.base_quant == "none":
+        return load_configured_model(model_cfg, log=log)
+    path = local_model_dir(model_cfg.name, log=log)
+    if is_quantized_dir(path) or model_cfg.trust_remote_code:  # quantized in place by prepare_model instead
+        return load_configured_model(model_cfg, log=log)
+    loftq = (cfg.lora.r, cfg.lora.loftq_iters) if cfg.lora.init == "loftq" else None
+    log(f"loading the base with its Linear layers quantized to {cfg.base_quant} (train.base_quant)")
+    return load_quantized_base(path, cfg.base_quant, cfg.base_quant_group_size, loftq=loftq, log=log)
+
+
+def method_label(cfg: TrainConfig) -> str:
+    """The method as the summary and the model card show it (e.g. 'lora (int4 base, init loftq)')."""
+    extra = [f"{cfg.base_quant} base" if cfg.base_quant != "none" else "",
+             f"init {cfg.lora.init}" if cfg.method in ("lora", "dora") and cfg.lora.init != "default" else "",
+             f"neftune {cfg.neftune_alpha:g}" if cfg.neftune_alpha else "",
+             f"{cfg.lisa.layers} layers / {cfg.lisa.period} steps" if cfg.method == "lisa" else "",
+             f"rank {cfg.galore.rank}" if cfg.method == "galore" else ""]
+    extra = [e for e in extra if e]
+    label = cfg.method + (f" ({', '.join(extra)})" if extra else "")
+    return label if cfg.objective == "sft" else f"{label}, dpo ({cfg.dpo.loss})"
+
+
+def merged_into(cfg: TrainConfig) -> str | None:
+    """What the merged model was merged into, when that is not the original base weights."""
+    if cfg.base_quant != "none":
+        return (f"the dequantized {cfg.base_quant} base (the weights the adapter was trained against), not the "
+                "original full-precision weights")
+    if cfg.lora.init == "loftq" and cfg.method == "lora":
+        return "the LoftQ int4-quantized base (dequantized), not the original full-precision weights"
+    return None
 
 
 def fit(model, data: DataBundle, cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo,
