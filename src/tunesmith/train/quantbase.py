@@ -9,7 +9,8 @@ embeddings and the output layer (tied to them in SmolLM2) stay fp32, as do norms
 
 `load_quantized_base` builds the model without touching memory for its weights (`no_init_weights`, so
 the empty fp32 tensors are never paged in), swaps every Linear for an empty `QuantLinear` and then reads
-the safetensors file one tensor at a time, quantizing each Linear weight as it arrives: the whole fp32
+the safetensors file one tensor at a time with plain reads (not a memory map, whose pages would stay
+resident), quantizing each Linear weight as it arrives: the whole fp32
 model never exists in memory, which is what makes the peak RSS drop.
 
 Library findings (2026-11, torch 2.13 CPU): torchao 0.18's `Int8WeightOnlyConfig` gives a CPU tensor
@@ -186,7 +187,6 @@ def load_quantized_base(path: str | Path, method: str, group_size: int = 64,
                         loftq: tuple[int, int] | None = None, log: Callable[[str], None] = print) -> nn.Module:
     """A causal LM from a safetensors folder whose decoder Linears are quantized as they are read (the fp32
     model is never whole in memory). fp32, SDPA attention, tied weights tied, in train mode off (eval)."""
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
@@ -205,32 +205,31 @@ def load_quantized_base(path: str | Path, method: str, group_size: int = 64,
         _set_module(model, name, shell)
     state_names = set(model.state_dict().keys())
     filled, kept = set(), []
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                mod, _, leaf = key.rpartition(".")
-                if mod in targets and leaf == "weight":
-                    w = f.get_tensor(key).to(torch.float32)
-                    shell = model.get_submodule(mod)
-                    bias = shell.bias.detach() if shell.bias is not None else None
-                    if quantizable(w.shape, method, group_size):
-                        new = _quantized_module(mod, w, bias, method, group_size, loftq)
-                    else:
-                        new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta")
-                        new.weight = nn.Parameter(w, requires_grad=False)
-                        new.bias = None if bias is None else nn.Parameter(bias)
-                        kept.append(mod)
-                    _set_module(model, mod, new)
-                    filled.add(key)
-                    del w
-                elif key in state_names:
-                    try:
-                        target = model.get_parameter(key)
-                    except AttributeError:
-                        target = model.get_buffer(key)
-                    with torch.no_grad():
-                        target.copy_(f.get_tensor(key))
-                    filled.add(key)
+    for key, tensor in _read_tensors(files):
+        mod, _, leaf = key.rpartition(".")
+        if mod in targets and leaf == "weight":
+            w = tensor.to(torch.float32)
+            del tensor
+            shell = model.get_submodule(mod)
+            bias = shell.bias.detach() if shell.bias is not None else None
+            if quantizable(w.shape, method, group_size):
+                new = _quantized_module(mod, w, bias, method, group_size, loftq)
+            else:
+                new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta")
+                new.weight = nn.Parameter(w, requires_grad=False)
+                new.bias = None if bias is None else nn.Parameter(bias)
+                kept.append(mod)
+            _set_module(model, mod, new)
+            filled.add(key)
+            del w
+        elif key in state_names:
+            try:
+                target = model.get_parameter(key)
+            except AttributeError:
+                target = model.get_buffer(key)
+            with torch.no_grad():
+                target.copy_(tensor)
+            filled.add(key)
     model.tie_weights()
     missing = [n for n, p in model.named_parameters() if n not in filled and not _tied(model, n)]
     missing += [f"{t}.weight" for t in targets if f"{t}.weight" not in filled]
@@ -240,6 +239,38 @@ def load_quantized_base(path: str | Path, method: str, group_size: int = 64,
         log(f"base_quant {method}: {len(kept)} Linear layers kept fp32 (in_features not a multiple of {group_size})")
     model.eval()
     return model
+
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _read_tensors(files: list[Path]):
+    """(name, tensor) of safetensors files, one tensor at a time, read with plain file reads into fresh memory.
+
+    Not safetensors' safe_open: it maps the file, and every page read stays resident in the mapping (and is
+    counted in the process's RSS) until the file is closed, i.e. the whole fp32 model again."""
+    import json
+    import struct
+
+    for file in files:
+        with open(file, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+            header.pop("__metadata__", None)
+            base = 8 + n
+            for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                begin, end = entry["data_offsets"]
+                dtype = _DTYPES.get(entry["dtype"])
+                if dtype is None:
+                    raise UserError(f"{file}: tensor {name} has dtype {entry['dtype']}, which train.base_quant "
+                                    "cannot read")
+                fh.seek(base + begin)
+                buf = bytearray(end - begin)
+                fh.readinto(buf)
+                t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+                yield name, t.reshape(entry["shape"])
 
 
 def _tied(model: nn.Module, name: str) -> bool:

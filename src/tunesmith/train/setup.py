@@ -39,8 +39,14 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, samples: list | None = Non
     targets = cfg.lora.target_modules
     if init == "corda" and targets == "all-linear":  # CorDA's preprocessing matches names, not "all-linear"
         targets = sorted({n.rsplit(".", 1)[-1] for n in _linear_names(model)})
+    extra = {}
+    if init == "corda":
+        from peft.tuners.lora.config import CordaConfig
+
+        extra["corda_config"] = CordaConfig(corda_method=cfg.lora.corda_method)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM", use_dora=cfg.method == "dora", init_lora_weights=PEFT_INIT[init])
+                      bias="none", task_type="CAUSAL_LM", use_dora=cfg.method == "dora", init_lora_weights=PEFT_INIT[init],
+                      **extra)
     if init == "corda":
         _corda_preprocess(model, lora, cfg, samples)
     peft_model = get_peft_model(model, lora)
@@ -89,14 +95,12 @@ def _set_loftq_adapters(model: nn.Module) -> None:
 def _corda_preprocess(model: nn.Module, lora, cfg: TrainConfig, samples: list | None) -> None:
     """PEFT's CorDA preprocessing: covariance of every adapted layer's input over the first
     cfg.lora.corda_samples training samples (a forward each, no gradient)."""
-    from peft.tuners.lora.config import CordaConfig
     from peft.tuners.lora.corda import preprocess_corda
 
     from ..errors import UserError
 
     if not samples:
         raise UserError("train.lora.init corda needs training samples for its covariance (none were given)")
-    lora.corda_config = CordaConfig(corda_method=cfg.lora.corda_method)
     device = next(model.parameters()).device
 
     def run_model():
