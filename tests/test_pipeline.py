@@ -13,7 +13,8 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
             "--data.tasks.n_eval", "26", "--train.batch_size", "8", "--train.save_every", "2",
             "--eval.max_new_tokens", "8", "--eval.suites", "[tasks,loss,robustness]", "--eval.limit", "13",
             "--eval.every", "2", "--eval.during", "[loss]", "--eval.best_metric", "loss", "--export.to", "gguf-q8_0",
-            "--eval.guard_items", "3", "--eval.guard_max_new_tokens", "24"]
+            "--eval.guard_items", "3", "--eval.guard_max_new_tokens", "24",
+            "--replay.ratio", "0.125", "--replay.max_tokens", "12", "--replay.store", str(tmp_path / "replay-store.jsonl")]
     assert main(args) == 0
     for name in ("config.yaml", "data_report.json", "rejects.jsonl", "metrics.jsonl", "summary.json", "summary.md",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model/model.safetensors",
@@ -29,6 +30,9 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert all(s["samples"] == 8 and s["tokens"] > s["targets"] > 0 for s in steps)
     report = json.loads((out / "data_report.json").read_text())
     assert (report["total"], report["kept"], report["rejected"]) == (48, 48, 0)
+    # replay (the demo has it on): 6 of the base's own answers joined the 48 task rows (54 rows: 6 steps of 8)
+    assert (report["replay"]["rows"], report["replay"]["generated"]) == (6, 6)
+    assert len((out / "replay" / "replay.jsonl").read_text().splitlines()) == 6
     assert report["tokens"]["template_checked"] == 48
     after = {n: json.loads((out / "eval" / "after" / f"{n}.json").read_text()) for n in ("tasks", "loss", "robustness")}
     assert after["tasks"]["n"] == 13 and len(after["tasks"]["records"]) == 13
