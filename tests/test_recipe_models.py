@@ -27,7 +27,7 @@ def test_recipe_errors_name_the_key_or_line(tmp_path):
     r.write_text("train:\n  lr: 1e-3\n")
     with pytest.raises(UsageError, match="no training data"):
         load_recipe(r)
-    with pytest.raises(UsageError, match="train.method: Input should be 'lora' or 'full'"):
+    with pytest.raises(UsageError, match="train.method: Input should be 'lora', 'dora', 'full', 'lisa' or 'galore'"):
         load_recipe(None, {"data.tasks.n_train": "5", "train.method": "qlora"})
 
 
