@@ -181,6 +181,10 @@ def test_the_funnel_adds_up_to_the_rows_read(full_run):
                                                    ("decontaminated", 100), ("selected", 50), ("trained", 48)]
     report = _json(full_run / "data_report.json")
     assert report["kept"] + report["rejected"] + report["curation_and_selection"]["removed"] == report["total"]
+    # replay rows (the demo's default) join after the funnel, with their count, tokens and store hits
+    report["replay"] = {"rows": 12, "tokens": 3456, "store_hits": 5}
+    last = funnel_steps(report)[-1]
+    assert last[:2] == ("trained with replay", 60) and "+12 replay rows" in last[2] and "3,456 tokens" in last[2]
 
 
 def test_long_curves_are_downsampled_keeping_extremes():

@@ -47,6 +47,11 @@ def funnel_steps(report: dict[str, Any]) -> list[tuple[str, int, str]]:
         steps.append(("trained", kept, f"{last - kept} rejected at tokenization" if last - kept else ""))
     else:
         steps.append(("trained", kept, f"{rejected} rejected" if rejected else "nothing rejected or removed"))
+    replay = report.get("replay") or {}
+    if replay.get("rows"):  # the base's own answers join the training rows after the data's funnel (replay.ratio)
+        steps.append(("trained with replay", kept + replay["rows"],
+                      f"+{replay['rows']} replay rows: the base model's own answers to general requests "
+                      f"({replay.get('tokens', 0):,} tokens; {replay.get('store_hits', 0)} found in the store)"))
     return steps
 
 

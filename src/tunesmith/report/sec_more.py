@@ -27,7 +27,9 @@ def overview(run: Run) -> Section:
     items = [("model", model or "-", s.get("method") or (cfg.get("train") or {}).get("method") or "")]
     data = s.get("data") or run.data_report or {}
     if data.get("total") is not None:
-        items.append(("rows trained", f"{data.get('kept', 0):,}", f"of {data['total']:,} read"))
+        replay = ((run.data_report or {}).get("replay") or {}).get("rows", 0)
+        items.append(("rows trained", f"{data.get('kept', 0) + replay:,}", f"of {data['total']:,} read" +
+                      (f" + {replay:,} replay" if replay else "")))
     for suite, v in (s.get("eval") or {}).items():
         items.append((title(suite), f"{fmt(v.get('before'), suite)} → {fmt(v.get('after'), suite)}",
                       change(v.get("before"), v.get("after"), suite) + (f", n={v['n']}" if v.get("n") else "")))
