@@ -61,3 +61,20 @@ def tiny_dir(tmp_path_factory, smol_tokenizer):
     model.save_pretrained(d)
     smol_tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture
+def adder_recipe(tmp_path, tiny_dir):
+    """A function train_yaml -> path of a recipe training the tiny model on 16 'Add i and i' rows into
+    tmp_path/run, with `train: {train_yaml}` (a YAML flow mapping's inside)."""
+    import json
+
+    def write(train_yaml: str):
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text("".join(json.dumps({"instruction": f"Add {i} and {i}", "output": str(2 * i)}) + "\n"
+                                for i in range(16)))
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"model: {tiny_dir}\ndata:\n  train: [{rows}]\noutput:\n  dir: {tmp_path / 'run'}\n"
+                          f"train: {{{train_yaml}}}\n")
+        return recipe
+    return write

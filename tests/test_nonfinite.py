@@ -131,17 +131,12 @@ def test_an_overflowing_gradient_names_the_whole_step(tmp_path):
 
 
 
-def test_tunesmith_train_stops_with_one_message(tmp_path, tiny_dir, capsys):
+def test_tunesmith_train_stops_with_one_message(tmp_path, adder_recipe, capsys):
     """Through the CLI: a learning rate that blows the weights up ends in exit 1 and one message, no traceback."""
     from tunesmith.cli import main
 
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"instruction": f"Add {i} and {i}", "output": str(2 * i)}) + "\n"
-                            for i in range(16)))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {tiny_dir}\ndata:\n  train: [{rows}]\noutput:\n  dir: {tmp_path / 'run'}\n"
-                      "train: {method: full, max_steps: 4, batch_size: 4, lr: 1.0e+8, grad_clip: null, "
-                      "warmup_steps: 0}\n")
+    recipe = adder_recipe("method: full, max_steps: 4, batch_size: 4, lr: 1.0e+8, grad_clip: null, warmup_steps: 0")
+    rows = tmp_path / "rows.jsonl"  # the data file adder_recipe wrote
     assert main(["train", str(recipe)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: training stopped at step 2: its gradient norm is nan") and "Traceback" not in err

@@ -228,7 +228,7 @@ def test_impossible_combinations_refused_at_validation(tmp_path, train, keys):
         assert key in str(err.value)
 
 
-def test_tunesmith_train_on_an_int4_base_with_loftq(tmp_path, tiny_dir):
+def test_tunesmith_train_on_an_int4_base_with_loftq(tmp_path, tiny_dir, adder_recipe):
     """Through the CLI: the base is loaded quantized, the adapter and the merged (dequantized-base) model are
     written, and the summary and the card say what the merge went into."""
     import json
@@ -237,13 +237,8 @@ def test_tunesmith_train_on_an_int4_base_with_loftq(tmp_path, tiny_dir):
 
     from tunesmith.cli import main
 
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"instruction": f"Add {i} and {i}", "output": str(2 * i)}) + "\n"
-                            for i in range(16)))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {tiny_dir}\ndata:\n  train: [{rows}]\noutput:\n  dir: {tmp_path / 'run'}\n"
-                      "train: {method: lora, base_quant: int4, base_quant_group_size: 32, lora: {r: 4, init: loftq},"
-                      " max_steps: 3, batch_size: 4, warmup_steps: 0}\n")
+    recipe = adder_recipe("method: lora, base_quant: int4, base_quant_group_size: 32, lora: {r: 4, init: loftq}, "
+                          "max_steps: 3, batch_size: 4, warmup_steps: 0")
     assert main(["train", str(recipe)]) == 0
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
