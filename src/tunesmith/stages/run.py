@@ -144,8 +144,7 @@ def run_one(recipe: Recipe, resume: bool = False, do_eval: bool = True, overwrit
     if "data" in recipe.eval.suites:  # a bad checker or pattern fails now, not after training
         check_data_suite(data.eval_examples, recipe.eval.match)
     tcfg = recipe.train
-    model = load_configured_model(recipe.model, log=ui.log) if tcfg.base_quant == "none" else \
-        load_base(recipe.model, tcfg, log=ui.log)  # train.base_quant: quantized as it loads
+    model = load_base(recipe.model, tcfg, log=ui.log, load=load_configured_model)  # base_quant: quantized as read
     ctx = eval_context(recipe.eval, data.eval_items, data.loss_samples, tcfg.seed, tcfg.max_tokens_per_row,
                        tcfg.loss_chunk_size, data_items=data.eval_examples)
     evals: dict[str, Any] = {}

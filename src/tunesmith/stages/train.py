@@ -28,18 +28,20 @@ def setup_model(model, cfg: TrainConfig, samples: list | None = None):
     return prepare_model(model, cfg, samples)
 
 
-def load_base(model_cfg, cfg: TrainConfig, log=ui.log):
+def load_base(model_cfg, cfg: TrainConfig, log=ui.log, load=None):
     """The base model to train: with train.base_quant, read with its Linear weights quantized as they are
-    loaded (the fp32 model never whole in memory, quantbase.load_quantized_base); otherwise as configured."""
+    loaded (the fp32 model never whole in memory, quantbase.load_quantized_base); otherwise as configured,
+    by `load(model_cfg, log=...)` (default: models.load_configured_model)."""
     from ..models import load_configured_model, local_model_dir
     from ..qformat import is_quantized_dir
     from ..train.quantbase import load_quantized_base
 
+    load = load or load_configured_model
     if cfg.base_quant == "none":
-        return load_configured_model(model_cfg, log=log)
+        return load(model_cfg, log=log)
     path = local_model_dir(model_cfg.name, log=log)
     if is_quantized_dir(path) or model_cfg.trust_remote_code:  # quantized in place by prepare_model instead
-        return load_configured_model(model_cfg, log=log)
+        return load(model_cfg, log=log)
     loftq = (cfg.lora.r, cfg.lora.loftq_iters) if cfg.lora.init == "loftq" else None
     log(f"loading the base with its Linear layers quantized to {cfg.base_quant} (train.base_quant)")
     return load_quantized_base(path, cfg.base_quant, cfg.base_quant_group_size, loftq=loftq, log=log)
