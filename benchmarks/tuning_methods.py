@@ -5,7 +5,8 @@
 
 Data: recipes/quickstart.yaml's (the demo's generated tasks: 1152 training samples, 260 held-out items),
 with its batch (8), warm-up and seed. Methods: LoRA, DoRA, LoRA+PiSSA, LoRA+CorDA, LoRA+LoftQ (on the int4
-base, what LoftQ is made for), int8-base LoRA, int4-base LoRA, LISA, GaLore, full, LoRA+NEFTune. Adapter
+base, what LoftQ is made for), int8-base LoRA, int4-base LoRA, LISA, GaLore, full, LoRA+NEFTune, and LoRA,
+int4-base LoRA and LISA again with train.gradient_checkpointing (each layer recomputed in backward). Adapter
 methods use the quickstart's lr; the full-weight methods (full, LISA, GaLore) take --full-lr / --galore-lr
 (2e-3 would wreck a full fine-tune). Only task data: the synthetic IFEval-style SFT set needs a synthesis
 run of its own (recipes/instruction-following.yaml), not repeated here.
@@ -46,6 +47,10 @@ METHODS = {  # name -> train.* overrides (beyond the quickstart's)
     "GaLore": {"method": "galore", "galore.rank": 128, "galore.update_proj_gap": 50, "galore.scale": 0.25},
     "full": {"method": "full"},
     "LoRA+NEFTune": {"neftune_alpha": 5.0},
+    # train.gradient_checkpointing: what recomputing each layer in backward adds to the memory saving
+    "LoRA, checkpointing": {"gradient_checkpointing": True},
+    "int4-base LoRA, checkpointing": {"base_quant": "int4", "gradient_checkpointing": True},
+    "LISA, checkpointing": {"method": "lisa", "lisa.layers": 2, "lisa.period": 20, "gradient_checkpointing": True},
 }
 FULL_WEIGHT = {"full", "lisa", "galore"}
 
@@ -159,15 +164,17 @@ def main() -> None:
     text = "\n".join(lines)
     by = {r["method"]: r for r in rows}
     notes = []
-    if "LoRA" in by and "int4-base LoRA" in by:
-        a, b = by["LoRA"], by["int4-base LoRA"]
-        notes.append(f"int4-base LoRA: peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x LoRA's (target <= 0.5x), "
-                     f"tasks EM {100 * (b['tasks_em'] - a['tasks_em']):+.1f} pp (target within 2 pp); merged into the "
-                     f"dequantized base: {100 * b['merged_tasks_em']:.1f}% vs {100 * b['tasks_em']:.1f}% on the "
-                     "quantized base.")
-    if "LISA" in by and "full" in by:
-        notes.append(f"LISA: peak RSS {by['LISA']['peak_rss_mb'] / by['full']['peak_rss_mb']:.2f}x full's "
-                     "(target <= 0.5x).")
+    for quant in ("int4-base LoRA", "int4-base LoRA, checkpointing"):
+        if "LoRA" in by and quant in by:
+            a, b = by["LoRA"], by[quant]
+            notes.append(f"{quant}: peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x LoRA's (target <= 0.5x), "
+                         f"tasks EM {100 * (b['tasks_em'] - a['tasks_em']):+.1f} pp (target within 2 pp); merged into "
+                         f"the dequantized base: {100 * b['merged_tasks_em']:.1f}% vs {100 * b['tasks_em']:.1f}% on "
+                         "the quantized base.")
+    for lisa in ("LISA", "LISA, checkpointing"):
+        if lisa in by and "full" in by:
+            notes.append(f"{lisa}: peak RSS {by[lisa]['peak_rss_mb'] / by['full']['peak_rss_mb']:.2f}x full's "
+                         "(target <= 0.5x).")
     for init in ("LoRA+PiSSA", "LoRA+CorDA"):
         if init in by and "LoRA" in by:
             notes.append(f"{init}: loss at 25% {by[init]['loss_25']:.3f} vs default init {by['LoRA']['loss_25']:.3f}.")
@@ -177,7 +184,8 @@ def main() -> None:
         n_items = rows[0]["n_eval_items"] if rows else 0
         append_section(f"Tuning methods side by side on the quickstart tasks ({args.steps} steps, batch 8, seed "
                        f"{args.seed}{', SMOKE' if args.smoke else ''})",
-                       f"`python benchmarks/tuning_methods.py --steps {args.steps} --record` "
+                       f"`python benchmarks/tuning_methods.py --steps {args.steps}"
+                       f"{f' --eval-items {args.eval_items}' if args.eval_items else ''} --record` "
                        f"({time.perf_counter() - t0:.0f} s this invocation; {n_items} held-out task items; each "
                        "method in its own process; task data only)", text)
 

@@ -25,6 +25,10 @@ METHODS = {
     "lisa": dict(method="lisa", lisa={"layers": 1, "period": 2}),
     "galore": dict(method="galore", galore={"rank": 8, "update_proj_gap": 2, "scale": 0.5}),
     "neftune": dict(method="lora", lora={"r": 4}, neftune_alpha=5.0),
+    "lora-checkpointing": dict(method="lora", lora={"r": 4}, gradient_checkpointing=True),
+    "int4-checkpointing": dict(method="lora", lora={"r": 4}, base_quant="int4", base_quant_group_size=32,
+                               gradient_checkpointing=True),
+    "lisa-checkpointing": dict(method="lisa", lisa={"layers": 1, "period": 2}, gradient_checkpointing=True),
 }
 
 
@@ -248,3 +252,55 @@ def test_tunesmith_train_on_an_int4_base_with_loftq(tmp_path, tiny_dir, adder_re
     merged = AutoModelForCausalLM.from_pretrained(run / "model")
     assert merged.model.layers[0].self_attn.q_proj.weight.shape == (64, 64)
     assert "dequantized int4 base" in (run / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["lora", "int4", "full"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(name):
+    """Each decoder layer recomputed in backward (inside the same kernel switches): the loss and every
+    gradient as without checkpointing, and no layer is left checkpointing after the forward."""
+    from tunesmith.data.packing import pack_rows
+    from tunesmith.train.checkpointing import checkpointable_layers
+    from tunesmith.train.loss import PackedLoss
+
+    samples = random_samples(12, seed=2)
+    row = pack_rows(samples, 4096)[0]
+    frag = METHODS.get(name, dict(method="full"))
+    model = fresh(TrainConfig(**frag), samples)
+    model.train()
+    results = []
+    for checkpointing in (False, True):
+        module = PackedLoss(model, gradient_checkpointing=checkpointing)
+        loss = module(row.input_ids, row.position_ids, row.targets)
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        model.zero_grad(set_to_none=True)
+        assert not any(layer.__dict__.get("gradient_checkpointing") for layer in checkpointable_layers(model))
+    (loss_plain, plain), (loss_ckpt, ckpt) = results
+    assert loss_plain == loss_ckpt
+    assert plain.keys() == ckpt.keys() and len(plain) > 0
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_gradient_checkpointing_keeps_only_layer_inputs():
+    """Saved-for-backward bytes with checkpointing are a fraction of those without (the memory it is for)."""
+    from tunesmith.data.packing import pack_rows
+    from tunesmith.train.loss import PackedLoss
+
+    samples = random_samples(16, seed=3)
+    row = pack_rows(samples, 4096)[0]
+    model = fresh(TrainConfig(method="lora", lora={"r": 4}), samples, layers=6)
+    model.train()
+    saved = {}
+    for checkpointing in (False, True):
+        total = [0]
+
+        def pack(t, total=total):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = PackedLoss(model, gradient_checkpointing=checkpointing)(row.input_ids, row.position_ids, row.targets)
+        loss.backward()
+        saved[checkpointing] = total[0]
+    assert saved[True] < 0.5 * saved[False], saved

@@ -193,7 +193,9 @@ class Trainer:
             self.reference = load_or_compute_reference(model, samples, cfg, run_dir, self.info)
         model.train()
         loss_cls = PackedLogProbs if self.dpo else PackedLoss
-        extra = {} if self.dpo else {"kl_weight": cfg.kl_to_base}
+        extra = {"gradient_checkpointing": cfg.gradient_checkpointing}
+        if not self.dpo:
+            extra["kl_weight"] = cfg.kl_to_base
         self.loss_module = loss_cls(model, cfg.loss_chunk_size, cfg.fused_lora,
                                     cfg.swiglu_recompute, **extra).to(self.info.device)
         self.sharded = cfg.distributed == "fsdp"  # checkpoints in DCP format, whatever the world size

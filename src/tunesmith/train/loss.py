@@ -2,10 +2,13 @@
 
 The decoder runs padding-free (kernels.attention), the output layer only at label positions in
 chunks (kernels.loss.chunked_cross_entropy), and the training kernels switch on for the forward:
-fused LoRA and memory-light SwiGLU.
+fused LoRA and memory-light SwiGLU, or, with activation checkpointing, each decoder layer recomputed in
+backward (train.gradient_checkpointing: then the light SwiGLU is off, its saving being part of the larger one).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -14,6 +17,7 @@ from ..data.chat import IGNORE
 from ..kernels.attention import packed_attention_enabled
 from ..kernels.loss import chunked_cross_entropy, chunked_kl_to_reference
 from ..kernels.unwrap import unwrap
+from .checkpointing import layer_checkpointing
 from .fused_lora import fused_lora_enabled
 from .swiglu import light_swiglu_enabled
 
@@ -24,17 +28,26 @@ class PackedLoss(nn.Module):
     Wraps the causal LM so that DDP sees one module whose forward produces the loss: the decoder
     runs in a padding-free packed row, the output layer only at target positions, in chunks, and
     (fused_lora) plain LoRA layers fold their adapter product into the base GEMM, and
-    (swiglu_recompute) SwiGLU MLPs keep only gate and up for backward.
+    (swiglu_recompute) SwiGLU MLPs keep only gate and up for backward, or (gradient_checkpointing)
+    every decoder layer keeps only its input and is recomputed in backward.
     """
 
     def __init__(self, model: nn.Module, chunk_size: int = 512, fused_lora: bool = True,
-                 swiglu_recompute: bool = True, kl_weight: float = 0.0):
+                 swiglu_recompute: bool = True, kl_weight: float = 0.0, gradient_checkpointing: bool = False):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         self.fused_lora = fused_lora
-        self.swiglu_recompute = swiglu_recompute
+        self.swiglu_recompute = swiglu_recompute and not gradient_checkpointing
         self.kl_weight = kl_weight
+        self.gradient_checkpointing = gradient_checkpointing
+
+    @contextmanager
+    def kernels(self, lm: nn.Module):
+        """The training forward's kernel switches, as one context (entered again for every recompute)."""
+        with packed_attention_enabled(lm), fused_lora_enabled(self.model, self.fused_lora), \
+                light_swiglu_enabled(self.model, self.swiglu_recompute):
+            yield
 
     def hidden(self, input_ids, position_ids, embed_noise=None):
         """The decoder's last hidden states of a packed row: [1, L] ids -> [1, L, H].
@@ -45,8 +58,7 @@ class PackedLoss(nn.Module):
         if embed_noise is not None:
             inputs = {"inputs_embeds": lm.get_input_embeddings()(input_ids) + embed_noise}
         # attention_mask=None + restarting position_ids + no cache -> per-sample causal attention.
-        with packed_attention_enabled(lm), fused_lora_enabled(self.model, self.fused_lora), \
-                light_swiglu_enabled(self.model, self.swiglu_recompute):
+        with self.kernels(lm), layer_checkpointing(lm, self.gradient_checkpointing, lambda: self.kernels(lm)):
             return lm.get_decoder()(**inputs, position_ids=position_ids, use_cache=False,
                                     attention_mask=None).last_hidden_state  # [1, L, H]
 
