@@ -79,6 +79,8 @@ def worker(args) -> None:
     over.update({"train.max_steps": args.steps, "train.save_every": 10**6, "train.seed": args.seed})
     if method in FULL_WEIGHT:
         over["train.lr"] = args.galore_lr if method == "galore" else args.full_lr
+    if args.init_lr and over.get("train.lora.init") in ("pissa", "corda"):
+        over["train.lr"] = args.init_lr
     if args.smoke:  # the periodic parts happen within 3 steps
         over.update({"lisa": {"train.lisa.period": 1}, "galore": {"train.galore.update_proj_gap": 2}}.get(method, {}))
         if over.get("train.lora.init") == "corda":
@@ -130,6 +132,8 @@ def main() -> None:
     ap.add_argument("--eval-items", type=int, default=None, help="held-out items per suite (default: all 260)")
     ap.add_argument("--full-lr", type=float, default=3e-5, help="lr of full and LISA")
     ap.add_argument("--galore-lr", type=float, default=1e-4)
+    ap.add_argument("--init-lr", type=float, default=None,
+                    help="lr of LoRA+PiSSA and LoRA+CorDA (default: the quickstart's, as every adapter method)")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), help="a subset, by name")
     ap.add_argument("--out", default=None, help="result folder (default runs/bench-tuning[-smoke])")
     ap.add_argument("--smoke", action="store_true", help="3 steps, 8 items: a check that every method runs")
@@ -150,6 +154,7 @@ def main() -> None:
         if not result.is_file():
             cmd = [sys.executable, __file__, "--worker", name, "--result", str(result), "--steps", str(args.steps),
                    "--seed", str(args.seed), "--full-lr", str(args.full_lr), "--galore-lr", str(args.galore_lr)]
+            cmd += ["--init-lr", str(args.init_lr)] if args.init_lr else []
             cmd += ["--eval-items", str(args.eval_items)] if args.eval_items else []
             cmd += ["--smoke"] if args.smoke else []
             t = time.perf_counter()
@@ -185,7 +190,10 @@ def main() -> None:
         append_section(f"Tuning methods side by side on the quickstart tasks ({args.steps} steps, batch 8, seed "
                        f"{args.seed}{', SMOKE' if args.smoke else ''})",
                        f"`python benchmarks/tuning_methods.py --steps {args.steps}"
-                       f"{f' --eval-items {args.eval_items}' if args.eval_items else ''} --record` "
+                       f"{f' --eval-items {args.eval_items}' if args.eval_items else ''}"
+                       f"{f' --init-lr {args.init_lr:g}' if args.init_lr else ''}"
+                       f"{' --methods ' + ' '.join(repr(m) for m in args.methods) if args.methods != list(METHODS) else ''}"
+                       " --record` "
                        f"({time.perf_counter() - t0:.0f} s this invocation; {n_items} held-out task items; each "
                        "method in its own process; task data only)", text)
 
