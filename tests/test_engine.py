@@ -157,6 +157,37 @@ def test_llama_models_decode_through_the_written_out_step_and_others_through_for
     assert Engine(peft, None, stop_token_ids=set()).runner.llama_step is None
 
 
+def _logprob_run(model, prompts, max_tokens: int, written_out: bool):
+    """Greedy token ids and per-token logprobs (top 2) of an engine that decodes through the
+    written-out step, or through the model's own forward."""
+    engine = Engine(model, None, max_batch=4, stop_token_ids=set())
+    if not written_out:
+        engine.runner.llama_step = None
+    got = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, logprobs=True, top_logprobs=2))
+    return [(g[0].token_ids, [(lp.token_id, lp.logprob, lp.top) for lp in g[0].logprobs]) for g in got]
+
+
+def test_bf16_written_out_step_packs_its_weights_and_computes_what_the_forward_does():
+    """bf16 on CPU: q/k/v and gate/up fused, every weight packed once for oneDNN; the logprobs are
+    bit-equal to the model's own forward, and an in-place weight update (an optimizer step) is
+    seen by the next step."""
+    model = lively_llama().to(torch.bfloat16)
+    step = Engine(model, None, stop_token_ids=set()).runner.llama_step
+    assert step.o[0].pack == torch.backends.mkldnn.is_available()
+    assert len(step.qkv) == len(model.model.layers) and len(step.qkv[0].linears) == 3
+    before = _logprob_run(model, PROMPTS[:4], 8, written_out=True)
+    assert before == _logprob_run(model, PROMPTS[:4], 8, written_out=False)
+    engine = Engine(model, None, max_batch=4, stop_token_ids=set())
+    engine.generate(PROMPTS[:1], SamplingParams(max_tokens=3))  # packs the weights as they are now
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.weight.mul_(-1.5)
+            layer.mlp.up_proj.weight.add_(0.05)
+    after = [g[0].token_ids for g in engine.generate(PROMPTS[:4], SamplingParams(max_tokens=8))]
+    assert after == [ids for ids, _ in _logprob_run(model, PROMPTS[:4], 8, written_out=False)]
+    assert after != [ids for ids, _ in before]
+
+
 def test_seeded_sampling_is_independent_of_the_batch():
     model = lively_llama()
     params = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, top_k=40, seed=1234)

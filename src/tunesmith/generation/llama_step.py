@@ -5,8 +5,10 @@ slot cache, the same operations in the same order as transformers' `LlamaForCaus
 Why: a SmolLM2-135M decode step is 30 layers of small matmuls. Through transformers' forward each
 step also builds masks, cache-position tensors and output objects and passes through a few
 thousand Python frames; at 16 rows on this 2-core CPU that was a large share of a 65 ms step.
-Here a step is ~12 tensor operations per layer, reading the weights of the model's own modules in
-place (nothing is copied, so a model that changes is seen as it is).
+Here a step is ~12 tensor operations per layer. In fp32 it reads the weights of the model's own
+modules in place. In bf16 on CPU it runs q/k/v and gate/up as one matmul each, on weights packed
+once for oneDNN (`_Projection`): bit-equal to the forward, 1.35x faster a step at 16 rows (63 ->
+47 ms on SmolLM2-135M here). Either way a model that changes between steps is seen as it is.
 
 Only models this file can reproduce exactly take it (`LlamaStep.supports`): model_type "llama",
 SiLU MLP, plain `nn.Linear` projections (no PEFT wrappers, no quantized modules), no tensor-
@@ -35,6 +37,73 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _packs_exactly(dtype: torch.dtype, device: torch.device) -> bool:
+    """True where oneDNN's pre-packed linear is available and computes what F.linear does.
+
+    For bf16 on CPU, torch's own linear already runs oneDNN's matmul and reorders the weight into
+    oneDNN's blocked layout on every call; a weight packed once skips that reorder and gives the
+    same bits. fp32 linears run MKL's sgemm instead, and oneDNN's fp32 kernel sums in another
+    order, so fp32 keeps F.linear (greedy outputs must stay equal to `model.generate`'s).
+    """
+    if dtype != torch.bfloat16 or device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(96, 64, generator=gen).to(dtype)
+        x = torch.randn(3, 64, generator=gen).to(dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w)
+        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), F.linear(x, w))
+    except (RuntimeError, AttributeError):  # a torch built without these oneDNN ops
+        return False
+
+
+class _Projection:
+    """One or more of a layer's Linears applied as one. Packed (bf16 on CPU): q/k/v and gate/up are
+    concatenated, so a decode step runs 4 matmuls per layer instead of 7, and each weight is packed
+    once into oneDNN's layout instead of on every call. Unpacked (fp32, or no oneDNN): each module
+    runs itself, on its own weights, and the outputs are joined. At 16 rows with the weights not in cache
+    (as in a real step, which streams all of them), a [16, 576] x [576, 1536] bf16 linear takes
+    132 us packed against 207 us through F.linear, with identical results.
+
+    The concatenated / packed copies are made from the model's own weights, and made again
+    whenever one of them changes (another tensor, other storage, or an in-place update such as an
+    optimizer step, which bumps the tensor's version counter), so a model that trains between
+    evaluations is seen as it is. The price: one more copy of those weights while the step exists
+    (bf16 only; the unpacked path keeps no copy).
+    """
+
+    def __init__(self, linears: tuple[nn.Linear, ...], pack: bool):
+        self.linears, self.pack = linears, pack
+        self._key: tuple | None = None
+        self.weight: torch.Tensor | None = None  # [sum out, in], packed for oneDNN
+        self.bias: torch.Tensor | None = None  # [sum out] or None
+
+    def _source_key(self) -> tuple:
+        return tuple((id(m.weight), m.weight.data_ptr(), m.weight._version,
+                      None if m.bias is None else (m.bias.data_ptr(), m.bias._version)) for m in self.linears)
+
+    def _build(self) -> None:
+        linears = self.linears
+        weight = linears[0].weight.detach() if len(linears) == 1 else torch.cat([m.weight.detach() for m in linears])
+        if all(m.bias is None for m in linears):
+            self.bias = None
+        else:
+            self.bias = torch.cat([m.bias.detach() if m.bias is not None
+                                   else m.weight.new_zeros(m.out_features) for m in linears])
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., sum out]."""
+        if not self.pack:  # the modules themselves: no copy kept, fp32 numbers unchanged
+            outs = [m(x) for m in self.linears]
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        key = self._source_key()
+        if key != self._key:
+            self._build()
+            self._key = key
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
 class LlamaStep:
     """Runs decode steps of a Llama-architecture transformers model over a SlotCache."""
 
@@ -45,6 +114,15 @@ class LlamaStep:
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        weight = model.lm_head.weight
+        pack = _packs_exactly(weight.dtype, weight.device)
+        layers = self.body.layers
+        self.qkv = [_Projection((lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj), pack)
+                    for lay in layers]
+        self.o = [_Projection((lay.self_attn.o_proj,), pack) for lay in layers]
+        self.gate_up = [_Projection((lay.mlp.gate_proj, lay.mlp.up_proj), pack) for lay in layers]
+        self.down = [_Projection((lay.mlp.down_proj,), pack) for lay in layers]
+        self.lm_head = _Projection((model.lm_head,), pack)
 
     @staticmethod
     def supports(model) -> bool:
@@ -69,7 +147,8 @@ class LlamaStep:
         """tokens [n] (each live row's last token) -> logits [n, V] in fp32; every row's keys and
         values are written at column lens[r]. The caller advances the cache (after_step)."""
         n = tokens.shape[0]
-        rows, lens = cache.row_ids[:n], cache.lens[:n]  # [n], [n]
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        rows, lens = cache.row_ids[:n], cache.lens[:n]
         cols = torch.arange(cache.capacity, device=tokens.device)
         mask = (cols[None, :] <= lens[:, None])[:, None, None, :]  # [n, 1, 1, C]: own prefix + new column
         x = self.body.embed_tokens(tokens[:, None])  # [n, 1, hidden]
@@ -78,19 +157,18 @@ class LlamaStep:
         for i, layer in enumerate(self.body.layers):
             attn = layer.self_attn
             h = _rms_norm(layer.input_layernorm, x)  # [n, 1, hidden]
-            q = attn.q_proj(h).view(n, 1, self.heads, self.head_dim)  # [n, 1, H, D]
-            k = attn.k_proj(h).view(n, 1, self.kv_heads, self.head_dim)
-            v = attn.v_proj(h).view(n, 1, self.kv_heads, self.head_dim)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            qkv = self.qkv[i](h).view(n, 1, heads + 2 * kv_heads, dim)  # [n, 1, H + 2 H_kv, D]
+            qk = qkv[:, :, :heads + kv_heads]  # queries and keys take the same rotation
+            qk = (qk * cos) + (_rotate_half(qk) * sin)
+            q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads:]
             k_buf, v_buf = cache.keys[i], cache.values[i]  # [S, H_kv, C, D]
             k_buf[rows, :, lens] = k[:, 0]  # [n, H_kv, D] into each row's own column
             v_buf[rows, :, lens] = v[:, 0]
             out, _ = decode_attention(attn, q.transpose(1, 2), k_buf[:n], v_buf[:n], mask,
                                       scaling=attn.scaling)  # [n, 1, H, D]
-            x = x + attn.o_proj(out.reshape(n, 1, -1))
+            x = x + self.o[i](out.reshape(n, 1, -1))
             h = _rms_norm(layer.post_attention_layernorm, x)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            gate, up = self.gate_up[i](h).chunk(2, dim=-1)  # [n, 1, I] each
+            x = x + self.down[i](F.silu(gate) * up)
         x = _rms_norm(self.body.norm, x)
-        return self.model.lm_head(x[:, 0]).float()  # [n, V]
+        return self.lm_head(x[:, 0]).float()  # [n, V]
