@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 
 import pytest
@@ -186,6 +187,31 @@ def test_bf16_written_out_step_packs_its_weights_and_computes_what_the_forward_d
     after = [g[0].token_ids for g in engine.generate(PROMPTS[:4], SamplingParams(max_tokens=8))]
     assert after == [ids for ids, _ in _logprob_run(model, PROMPTS[:4], 8, written_out=False)]
     assert after != [ids for ids, _ in before]
+
+
+def test_run_steps_in_the_calling_thread_while_others_submit_and_stops_when_told():
+    """Engine.run: every forward runs in the thread that called run() (the one that loaded the model),
+    requests come from another thread, and run() returns once `until()` is true."""
+    model = lively_llama()
+    engine = Engine(model, None, max_batch=2, stop_token_ids=set())
+    forward_threads = set()
+    model.model.embed_tokens.register_forward_hook(lambda *a: forward_threads.add(threading.get_ident()))
+    done = threading.Event()
+    handles = []
+
+    def client():
+        handles.extend(engine.submit(p, SamplingParams(max_tokens=5), stream=False) for p in PROMPTS[:3])
+        for h in handles:
+            h.done.wait(30)
+        done.set()
+
+    other = threading.Thread(target=client)
+    other.start()
+    engine.run(until=done.is_set, poll_s=0.01)
+    other.join()
+    assert forward_threads == {threading.get_ident()}
+    assert [h.completions()[0].token_ids for h in handles] == [reference_greedy(model, p, 5) for p in PROMPTS[:3]]
+    assert engine.step() is False  # nothing left to do
 
 
 def test_seeded_sampling_is_independent_of_the_batch():

@@ -54,8 +54,8 @@ class ScriptedEngine:
     def __init__(self, model, tokenizer, max_batch=16, max_queue=256):
         self.tokenizer = tokenizer
 
-    def start(self):
-        pass
+    def step(self):
+        return False
 
     def shutdown(self, grace_s=10.0):
         pass

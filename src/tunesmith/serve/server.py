@@ -1,4 +1,8 @@
-"""Running the app with uvicorn: one process, one event loop, the engine in its own thread.
+"""Running the app with uvicorn: one process, one event loop.
+
+`serve_beside(server, sockets, step)` runs uvicorn in a thread and `step` (the engine's loop) in
+the calling thread: the thread that loaded the model keeps torch's compute (see Engine.run for why
+that matters on a machine with few cores), and the event loop beside it only moves bytes.
 
 On SIGINT/SIGTERM uvicorn stops accepting connections and waits up to `grace` seconds for the
 requests in flight (streams included) to finish; a second Ctrl-C stops at once. run() then
@@ -10,7 +14,8 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import uvicorn
@@ -31,6 +36,30 @@ class Server(uvicorn.Server):
             if captured:
                 self.stopped_by = signal.Signals(captured[0]).name
             captured.clear()
+
+
+def serve_beside(server: Server, sockets: list[socket.socket], step: Callable[[Callable[[], bool]], None]) -> None:
+    """Run `server` in a thread and `step(until)` in this (the main) thread until the server has
+    stopped. SIGINT/SIGTERM reach uvicorn as if it ran here: the first stops it gracefully (and
+    names the signal in `stopped_by`), a second Ctrl-C stops it at once."""
+    http = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name="tunesmith-http", daemon=True)
+
+    def handle(sig: int, frame) -> None:
+        if server.stopped_by is None:
+            server.stopped_by = signal.Signals(sig).name
+        if server.should_exit and sig == signal.SIGINT:
+            server.force_exit = True
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        http.start()
+        step(lambda: not http.is_alive())
+    finally:
+        server.should_exit = True
+        http.join()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def make_server(app, host: str, port: int, grace: float, log_level: str = "info",

@@ -21,7 +21,7 @@ from ..models import ModelConfig, load_model_and_tokenizer
 from ..serve.app import create_app
 from ..serve.auth import check_exposure, load_keys
 from ..serve.limits import Limits
-from ..serve.server import bind, make_server
+from ..serve.server import bind, make_server, serve_beside
 from .evaluate import is_run_dir
 
 
@@ -73,9 +73,8 @@ def run_serve(cfg: ServeConfig) -> int:
         server = make_server(app, cfg.host, cfg.port, cfg.grace, cfg.log_level)
         ui.log(f"serving [bold]{model_id}[/] on http://{cfg.host}:{cfg.port}/v1 "
                f"({'API key required' if keys else 'no API key: this machine only'}); Ctrl-C stops")
-        engine.start()
         try:
-            server.run(sockets=[sock])
+            serve_beside(server, [sock], engine.run)  # the engine steps in this thread, HTTP beside it
         finally:
             engine.shutdown(cfg.grace)
     ui.log(f"stopped{f' ({server.stopped_by})' if server.stopped_by else ''}; "

@@ -91,13 +91,13 @@ def sample_all(engine, jobs: list[Job], params: SamplingParams, store: SampleSto
                progress: Callable[..., None] | None = None) -> SampleStats:
     """Generate every sample of `jobs` that `store` lacks and store it; returns the stats.
 
-    engine: a generation Engine (start/submit/shutdown); `progress(n)` is called as n samples are stored.
+    engine: a generation Engine (submit/step/shutdown), stepped in this thread (the one that loaded
+    the model: see Engine.run); `progress(n)` is called as n samples are stored.
     A prompt the engine refuses (too long for the model) is skipped with the reason, not fatal.
     """
     stats = SampleStats(reused=sum(k in store for job in jobs for k in job.keys))
     inflight: list[tuple[Any, Job, int]] = []
     t0 = time.perf_counter()
-    engine.start()
     try:
         for job in jobs:
             for start, count in _missing_runs(job, store):
@@ -111,7 +111,8 @@ def sample_all(engine, jobs: list[Job], params: SamplingParams, store: SampleSto
         while inflight:
             done = [entry for entry in inflight if entry[0].done.is_set()]
             if not done:
-                inflight[0][0].done.wait(0.05)
+                if not engine.step():  # nothing to step: the last requests are ending
+                    inflight[0][0].done.wait(0.05)
                 continue
             for entry in done:
                 inflight.remove(entry)
