@@ -1,14 +1,16 @@
 """The decode step of Llama-architecture models, written out: one new token per live row of the
 slot cache, the same operations in the same order as transformers' `LlamaForCausalLM.forward`
-(so greedy outputs stay token-identical) without its per-call machinery.
+without its per-call machinery (greedy outputs equal `model.generate`'s: tests/test_engine.py).
 
 Why: a SmolLM2-135M decode step is 30 layers of small matmuls. Through transformers' forward each
 step also builds masks, cache-position tensors and output objects and passes through a few
 thousand Python frames; at 16 rows on this 2-core CPU that was a large share of a 65 ms step.
-Here a step is ~12 tensor operations per layer. In fp32 it reads the weights of the model's own
-modules in place. In bf16 on CPU it runs q/k/v and gate/up as one matmul each, on weights packed
-once for oneDNN (`_Projection`): bit-equal to the forward, 1.35x faster a step at 16 rows (63 ->
-47 ms on SmolLM2-135M here). Either way a model that changes between steps is seen as it is.
+Here a step is ~12 tensor operations per layer. On CPU (fp32 or bf16) it runs q/k/v and gate/up as
+one matmul each, on weights packed once for oneDNN (`_Projection`). In bf16 that is bit-equal to the
+forward and a step at 16 rows takes 47 instead of 63 ms (SmolLM2-135M here). In fp32 oneDNN sums in
+another order than MKL's sgemm (differences ~1e-7 relative): greedy outputs stayed identical on all
+294 IFBench prompts (512 tokens each), and the fp32 decode linears run about 2x faster. Elsewhere (no
+oneDNN, a GPU) each module runs itself. Either way a model that changes between steps is seen as it is.
 
 Only models this file can reproduce exactly take it (`LlamaStep.supports`): model_type "llama",
 SiLU MLP, plain `nn.Linear` projections (no PEFT wrappers, no quantized modules), no tensor-
@@ -37,39 +39,42 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _packs_exactly(dtype: torch.dtype, device: torch.device) -> bool:
-    """True where oneDNN's pre-packed linear is available and computes what F.linear does.
+def _packs(dtype: torch.dtype, device: torch.device) -> bool:
+    """True where oneDNN's pre-packed linear is available for this dtype and computes what F.linear
+    does: the same bits in bf16, the same to ~1e-7 relative in fp32.
 
-    For bf16 on CPU, torch's own linear already runs oneDNN's matmul and reorders the weight into
-    oneDNN's blocked layout on every call; a weight packed once skips that reorder and gives the
-    same bits. fp32 linears run MKL's sgemm instead, and oneDNN's fp32 kernel sums in another
-    order, so fp32 keeps F.linear (greedy outputs must stay equal to `model.generate`'s).
+    torch's own bf16 linear on CPU already runs oneDNN's matmul and reorders the weight into oneDNN's
+    blocked layout on every call; a weight packed once skips that reorder and gives the same bits.
+    fp32 linears run MKL's sgemm, which streams the weights at about 6 GB/s at 16-32 rows here
+    against 16 GB/s for oneDNN on packed weights; oneDNN sums in another order, so the last bits
+    differ (checked: greedy outputs identical on the 294 IFBench prompts, see BENCHMARKS.md).
     """
-    if dtype != torch.bfloat16 or device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if dtype not in (torch.float32, torch.bfloat16) or device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     try:
         gen = torch.Generator().manual_seed(0)
         w = torch.randn(96, 64, generator=gen).to(dtype)
         x = torch.randn(3, 64, generator=gen).to(dtype)
-        packed = torch.ops.mkldnn._reorder_linear_weight(w)
-        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), F.linear(x, w))
+        got = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w), None, "none", [], "")
+        want = F.linear(x, w)
+        return torch.equal(got, want) if dtype == torch.bfloat16 else torch.allclose(got, want, rtol=1e-5, atol=1e-5)
     except (RuntimeError, AttributeError):  # a torch built without these oneDNN ops
         return False
 
 
 class _Projection:
-    """One or more of a layer's Linears applied as one. Packed (bf16 on CPU): q/k/v and gate/up are
+    """One or more of a layer's Linears applied as one. Packed (CPU with oneDNN): q/k/v and gate/up are
     concatenated, so a decode step runs 4 matmuls per layer instead of 7, and each weight is packed
-    once into oneDNN's layout instead of on every call. Unpacked (fp32, or no oneDNN): each module
-    runs itself, on its own weights, and the outputs are joined. At 16 rows with the weights not in cache
-    (as in a real step, which streams all of them), a [16, 576] x [576, 1536] bf16 linear takes
-    132 us packed against 207 us through F.linear, with identical results.
+    once into oneDNN's layout instead of on every call. Unpacked (no oneDNN, a GPU): each module
+    runs itself, on its own weights, and the outputs are joined. At 16 rows with the weights not in
+    cache (as in a real step, which streams all of them), a [16, 576] x [576, 1536] linear takes
+    132 us packed against 207 us through F.linear in bf16 (identical results), 213 against 436 us in fp32.
 
     The concatenated / packed copies are made from the model's own weights, and made again
     whenever one of them changes (another tensor, other storage, or an in-place update such as an
     optimizer step, which bumps the tensor's version counter), so a model that trains between
     evaluations is seen as it is. The price: one more copy of those weights while the step exists
-    (bf16 only; the unpacked path keeps no copy).
+    (the unpacked path keeps none).
     """
 
     def __init__(self, linears: tuple[nn.Linear, ...], pack: bool):
@@ -94,7 +99,7 @@ class _Projection:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., sum out]."""
-        if not self.pack:  # the modules themselves: no copy kept, fp32 numbers unchanged
+        if not self.pack:  # the modules themselves: no copy kept
             outs = [m(x) for m in self.linears]
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         key = self._source_key()
@@ -115,7 +120,7 @@ class LlamaStep:
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         weight = model.lm_head.weight
-        pack = _packs_exactly(weight.dtype, weight.device)
+        pack = _packs(weight.dtype, weight.device)
         layers = self.body.layers
         self.qkv = [_Projection((lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj), pack)
                     for lay in layers]
