@@ -90,12 +90,14 @@ class Engine:
         """Run decode steps in a background thread whenever there is work."""
         if self._thread is None or not self._thread.is_alive():
             self._stop = False
-            self._thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
+            self._thread = threading.Thread(target=self.run, args=(lambda: False,), name="tunesmith-engine",
+                                            daemon=True)
             self._thread.start()
 
     def run(self, until: Callable[[], bool], poll_s: float = 0.05) -> None:
         """Run decode steps in the calling thread whenever there is work, until `until()` is true
-        (checked at least every `poll_s` seconds). Other threads submit and read as with start().
+        (checked at least every `poll_s` seconds) or shutdown() has run. Other threads submit and read
+        as with start(), whose thread runs this too.
 
         Prefer this to start() in the thread that loaded the model: torch's OpenMP runtime (libgomp)
         keeps a thread team for every thread that has run a parallel op, and once two teams exist
@@ -108,7 +110,7 @@ class Engine:
         try:
             while not until():
                 with self._cv:
-                    if self._stop:
+                    if self._stop:  # shutdown() has run
                         return
                     if not self._cv.wait_for(lambda: self._has_work() or self._stop, timeout=poll_s):
                         continue
@@ -233,15 +235,6 @@ class Engine:
 
     def _has_work(self) -> bool:
         return bool(self._waiting or self._running)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._stop or self._has_work())
-                if self._stop:
-                    return
-            with self._step_lock:
-                self._guarded_step()
 
     def _guarded_step(self) -> None:
         try:
