@@ -341,6 +341,9 @@ class Engine:
         return seqs
 
     def _decode(self) -> None:
+        order = self.runner.sort_rows(self._cache)
+        if order is not None:  # the cache moved its rows: slot r holds what slot order[r] held
+            self._seqs = [self._seqs[r] for r in order]
         tokens = torch.tensor([s.last for s in self._seqs], dtype=torch.long, device=self.runner.device)
         try:
             logits = self.runner.decode(tokens, self._cache)  # [B, V]

@@ -1,15 +1,20 @@
-"""The decode step of Llama-architecture models, written out: one new token per live row of the
-slot cache, the same operations in the same order as transformers' `LlamaForCausalLM.forward`
-without its per-call machinery (greedy outputs equal `model.generate`'s: tests/test_engine.py).
+"""The prefill and decode step of Llama-architecture models, written out: the joining prompts packed
+into one row, and one new token per live row of the slot cache; the same operations in the same
+order as transformers' `LlamaForCausalLM.forward` without its per-call machinery (greedy outputs
+equal `model.generate`'s: tests/test_engine.py).
 
 Why: a SmolLM2-135M decode step is 30 layers of small matmuls. Through transformers' forward each
 step also builds masks, cache-position tensors and output objects and passes through a few
 thousand Python frames; at 16 rows on this 2-core CPU that was a large share of a 65 ms step.
-Here a step is ~12 tensor operations per layer. On CPU (fp32 or bf16) it runs q/k/v and gate/up as
+Here a step is ~12 tensor operations per layer, and attention runs per group of rows of similar
+length, each over its own longest row's columns (kv.SlotCache.attention_groups; on IFBench, where a
+2,600-token prompt runs beside ~115-token ones, that alone took the 294 prompts from 564 to 457 s).
+On CPU (fp32 or bf16) both passes run q/k/v and gate/up as
 one matmul each, on weights packed once for oneDNN (`_Projection`). In bf16 that is bit-equal to the
 forward and a step at 16 rows takes 47 instead of 63 ms (SmolLM2-135M here). In fp32 oneDNN sums in
 another order than MKL's sgemm (differences ~1e-7 relative): greedy outputs stayed identical on all
-294 IFBench prompts (512 tokens each), and the fp32 decode linears run about 2x faster. Elsewhere (no
+294 IFBench prompts (512 tokens each), the fp32 decode linears run about 2x faster and a 115-token
+prefill 181 instead of 214 ms. Elsewhere (no
 oneDNN, a GPU) each module runs itself. Either way a model that changes between steps is seen as it is.
 
 Only models this file can reproduce exactly take it (`LlamaStep.supports`): model_type "llama",
@@ -23,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformers.cache_utils import DynamicCache
+
+from ..kernels.attention import packed_attention
 from ..kernels.decode_attention import decode_attention
-from .kv import SlotCache
+from .kv import SlotCache, prefill_cache
 
 
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +118,8 @@ class _Projection:
 
 
 class LlamaStep:
-    """Runs decode steps of a Llama-architecture transformers model over a SlotCache."""
+    """Runs prefills and decode steps of a Llama-architecture transformers model (a SlotCache for
+    decode steps) on the same packed projections."""
 
     def __init__(self, model):
         self.model = model
@@ -148,14 +157,53 @@ class LlamaStep:
         return True
 
     @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, DynamicCache]:
+        """Prompts packed into one row, each attending to itself only (kernels.attention's
+        per-prompt causal attention, as the forward runs it under packed_attention_enabled) ->
+        each prompt's last logits [k, V] in fp32, and a prefill cache whose layers hold the
+        prompts' keys and values one after another ([1, H_kv, sum L, D])."""
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        device = self.model.lm_head.weight.device
+        ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=device)  # [1, L]
+        positions = torch.cat([torch.arange(len(p), device=device) for p in prompts])[None, :]  # [1, L]
+        length = ids.shape[1]
+        x = self.body.embed_tokens(ids)  # [1, L, hidden]
+        cos, sin = self.body.rotary_emb(x, positions)  # [1, L, D] each
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [1, L, 1, D]: broadcast over heads
+        cache = prefill_cache()
+        for i, layer in enumerate(self.body.layers):
+            attn = layer.self_attn
+            h = _rms_norm(layer.input_layernorm, x)
+            qkv = self.qkv[i](h).view(1, length, heads + 2 * kv_heads, dim)  # [1, L, H + 2 H_kv, D]
+            qk = qkv[:, :, :heads + kv_heads]
+            qk = (qk * cos) + (_rotate_half(qk) * sin)
+            q = qk[:, :, :heads].transpose(1, 2)  # [1, H, L, D]
+            k, v = cache.update(qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads:].transpose(1, 2), i)
+            out, _ = packed_attention(attn, q, k, v, None, scaling=attn.scaling,
+                                      position_ids=positions)  # [1, L, H, D]
+            x = x + self.o[i](out.reshape(1, length, -1))
+            h = _rms_norm(layer.post_attention_layernorm, x)
+            gate, up = self.gate_up[i](h).chunk(2, dim=-1)  # [1, L, I] each
+            x = x + self.down[i](F.silu(gate) * up)
+        last = torch.tensor([len(p) for p in prompts], device=device).cumsum(0) - 1  # [k]
+        x = _rms_norm(self.body.norm, x[0, last])  # [k, hidden]: only the last positions are read
+        return self.lm_head(x).float(), cache
+
+    @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """tokens [n] (each live row's last token) -> logits [n, V] in fp32; every row's keys and
         values are written at column lens[r]. The caller advances the cache (after_step)."""
         n = tokens.shape[0]
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         rows, lens = cache.row_ids[:n], cache.lens[:n]
-        cols = torch.arange(cache.capacity, device=tokens.device)
-        mask = (cols[None, :] <= lens[:, None])[:, None, None, :]  # [n, 1, 1, C]: own prefix + new column
+        # attention runs per group of rows, each over its own longest row's columns (kv.py)
+        groups = cache.attention_groups()
+        cols = torch.arange(max(width for _, _, width in groups), device=tokens.device)
+        # additive masks, made once per step for all layers: 0 on a row's own prefix and the new
+        # column, -inf past them (softmax gives those exactly 0, as a boolean mask would; adding
+        # one is ~6x faster than masked_fill's broadcast here)
+        masks = [torch.where(cols[None, :width] <= lens[start:end, None], 0.0, float("-inf"))[:, None, None, :]
+                 for start, end, width in groups]  # [m, 1, 1, W_g] fp32 each
         x = self.body.embed_tokens(tokens[:, None])  # [n, 1, hidden]
         cos, sin = self.body.rotary_emb(x, lens[:, None])  # [n, 1, D] each, at position lens[r]
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [n, 1, 1, D]: broadcast over heads
@@ -169,8 +217,11 @@ class LlamaStep:
             k_buf, v_buf = cache.keys[i], cache.values[i]  # [S, H_kv, C, D]
             k_buf[rows, :, lens] = k[:, 0]  # [n, H_kv, D] into each row's own column
             v_buf[rows, :, lens] = v[:, 0]
-            out, _ = decode_attention(attn, q.transpose(1, 2), k_buf[:n], v_buf[:n], mask,
-                                      scaling=attn.scaling)  # [n, 1, H, D]
+            q = q.transpose(1, 2)  # [n, H, 1, D]
+            outs = [decode_attention(attn, q[start:end], k_buf[start:end, :, :width], v_buf[start:end, :, :width],
+                                     mask, scaling=attn.scaling)[0]  # [m, 1, H, D]
+                    for (start, end, width), mask in zip(groups, masks)]
+            out = outs[0] if len(outs) == 1 else torch.cat(outs)  # [n, 1, H, D]
             x = x + self.o[i](out.reshape(n, 1, -1))
             h = _rms_norm(layer.post_attention_layernorm, x)
             gate, up = self.gate_up[i](h).chunk(2, dim=-1)  # [n, 1, I] each

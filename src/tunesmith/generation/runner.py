@@ -42,7 +42,7 @@ class ModelRunner:
             raise UnsupportedModel(f"the generation engine handles full-attention layers only; this model has "
                                    f"{sorted(kinds)} layers")
         self.forwards = 0  # forward calls so far (prefills and decode steps)
-        # Llama-architecture models decode through the written-out step (same ops, less overhead)
+        # Llama-architecture models prefill and decode through the written-out step (same ops, less overhead)
         self.llama_step = LlamaStep(model) if LlamaStep.supports(model) else None
 
     def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[PromptKV]]:
@@ -50,18 +50,26 @@ class ModelRunner:
         never crosses from one prompt to another (kernels.attention's per-sample causal attention),
         so each prompt gets the numbers it would get alone, with one pass over the weights for all.
         Returns each prompt's last logits [k, V] and its keys and values."""
-        ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=self.device)  # [1, L]
-        positions = torch.cat([torch.arange(len(p), device=self.device) for p in prompts])[None, :]  # [1, L]
         ends = list(itertools.accumulate(len(p) for p in prompts))
-        last = torch.tensor(ends, device=self.device) - 1  # [k]: each prompt's last position
-        cache = prefill_cache()
-        if len(prompts) == 1:
-            logits = self._forward(ids, torch.ones_like(ids), positions, cache)
+        self.forwards += 1
+        if self.llama_step is not None:  # the same computation on the decode step's packed weights
+            logits, cache = self.llama_step.prefill(prompts)
         else:
-            with packed_attention_enabled(unwrap(self.model)):
-                logits = self._forward(ids, None, positions, cache, keep=last)
-        kvs = [PromptKV(cache, end - len(p), len(p)) for p, end in zip(prompts, ends)]
-        return logits, kvs
+            ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=self.device)  # [1, L]
+            positions = torch.cat([torch.arange(len(p), device=self.device) for p in prompts])[None, :]  # [1, L]
+            last = torch.tensor(ends, device=self.device) - 1  # [k]: each prompt's last position
+            cache = prefill_cache()
+            if len(prompts) == 1:
+                logits = self._forward(ids, torch.ones_like(ids), positions, cache)
+            else:
+                with packed_attention_enabled(unwrap(self.model)):
+                    logits = self._forward(ids, None, positions, cache, keep=last)
+        return logits, [PromptKV(cache, end - len(p), len(p)) for p, end in zip(prompts, ends)]
+
+    def sort_rows(self, cache: SlotCache) -> list[int] | None:
+        """Let the cache sort its rows by length where the decode step attends per group of rows
+        (the written-out Llama step); returns the new order (SlotCache.sort_rows) or None."""
+        return cache.sort_rows() if self.llama_step is not None else None
 
     def decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """Feed each live row's last token (tokens [n]); return logits [n, V]. Every row gains a column."""
@@ -85,7 +93,6 @@ class ModelRunner:
         kwargs = {self.cache_kw: cache, "use_cache": True}
         if self.keep_last:
             kwargs["logits_to_keep"] = 1 if keep is None else keep
-        self.forwards += 1
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
         if keep is None:
             return out.logits[:, -1, :].float()  # [B, V]
