@@ -11,7 +11,8 @@ generation tunesmith used before the engine (model.generate on length-sorted lef
 of 32, as evaluate/generate.py did) against the engine at 32 and 64 concurrent sequences; wall
 time and how many outputs are identical.
 
-    flock -x /tmp/tunesmith-cpu.lock .venv/bin/python benchmarks/generation_engine.py [--items 64] [--record]
+    flock -x /tmp/tunesmith-cpu.lock .venv/bin/python benchmarks/generation_engine.py [--items 64] [--sizes 32 64]
+        [--skip-options] [--record]
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def old_generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batc
     return outputs
 
 
-def ifbench_generation(model, tok, items: int) -> list[str]:
+def ifbench_generation(model, tok, items: int, sizes: list[int]) -> list[str]:
     from tunesmith.evalsets.ifbench import load_ifbench_prompts
     from tunesmith.evaluate.generate import generate, prompt_ids
 
@@ -122,7 +123,7 @@ def ifbench_generation(model, tok, items: int) -> list[str]:
     before = old_generate(model, tok, encoded, 512, 32)
     t_before = time.perf_counter() - t0
     rows = [("before: model.generate, padded batches of 32", t_before, items)]
-    for size in (32, 64):
+    for size in sizes:
         t0 = time.perf_counter()
         after = generate(model, tok, prompts, max_new_tokens=512, batch_size=size)
         seconds = time.perf_counter() - t0
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=64, help="IFBench prompts")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--skip-options", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="engine batch sizes (concurrent sequences)")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     from tunesmith.models import load_model, load_tokenizer
@@ -148,12 +150,13 @@ def main() -> None:
     tok = load_tokenizer(None, log=lambda *a: None)
     model = load_model(None, log=lambda *a: None).eval()
     lines = [] if args.skip_options else decode_options(model, tok, args.new_tokens) + [""]
-    lines += ifbench_generation(model, tok, args.items)
+    lines += ifbench_generation(model, tok, args.items, args.sizes)
     table = "\n".join(lines)
     print(table)
     if args.record:
         append_section("Generation engine vs transformers' generation, and the IFBench eval before/after",
-                       "`flock -x /tmp/tunesmith-cpu.lock .venv/bin/python benchmarks/generation_engine.py --record`",
+                       "`flock -x /tmp/tunesmith-cpu.lock .venv/bin/python benchmarks/generation_engine.py "
+                       + " ".join(sys.argv[1:]) + "`",
                        table)
 
 
