@@ -178,7 +178,10 @@ class LlamaStep:
             qk = qkv[:, :, :heads + kv_heads]
             qk = (qk * cos) + (_rotate_half(qk) * sin)
             q = qk[:, :, :heads].transpose(1, 2)  # [1, H, L, D]
-            k, v = cache.update(qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads:].transpose(1, 2), i)
+            # own copies: views would keep this layer's whole q/k/v output alive in the cache (4.5x the memory)
+            k = qk[:, :, heads:].transpose(1, 2).contiguous()  # [1, H_kv, L, D]
+            v = qkv[:, :, heads + kv_heads:].transpose(1, 2).contiguous()
+            k, v = cache.update(k, v, i)
             out, _ = packed_attention(attn, q, k, v, None, scaling=attn.scaling,
                                       position_ids=positions)  # [1, L, H, D]
             x = x + self.o[i](out.reshape(1, length, -1))
