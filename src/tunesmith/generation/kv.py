@@ -1,5 +1,6 @@
 """The running batch's KV cache: one slot per row, written in place. A row that joins is copied into
-the next free slot; a row that leaves is replaced by the last row; nothing else ever moves.
+the next free slot; a row that leaves is replaced by the last row; nothing else moves, except when
+sort_rows() puts the rows in order of length (below).
 
 Each layer keeps buffers [S, H, capacity, D] for S = the engine's max_batch slots. The live rows
 occupy slots [0, n), so a decode step reads views, never copies. Row r's tokens fill columns
