@@ -68,8 +68,8 @@ class ModelRunner:
 
     def sort_rows(self, cache: SlotCache) -> list[int] | None:
         """Let the cache sort its rows by length where the decode step attends per group of rows
-        (the written-out Llama step); returns the new order (SlotCache.sort_rows) or None."""
-        return cache.sort_rows() if self.llama_step is not None else None
+        (the written-out Llama step in fp32); returns the new order (SlotCache.sort_rows) or None."""
+        return cache.sort_rows() if self.llama_step is not None and self.llama_step.groups_rows else None
 
     def decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """Feed each live row's last token (tokens [n]); return logits [n, V]. Every row gains a column."""
