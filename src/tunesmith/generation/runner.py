@@ -74,8 +74,8 @@ class ModelRunner:
     def decode(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """Feed each live row's last token (tokens [n]); return logits [n, V]. Every row gains a column."""
         cache.before_step()
+        self.forwards += 1
         if self.llama_step is not None:
-            self.forwards += 1
             logits = self.llama_step(tokens, cache)
             cache.after_step()
             return logits
