@@ -161,13 +161,30 @@ class LlamaStep:
                 return False
         return True
 
+    def _qkv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's attention inputs for x [b, t, hidden]: (qkv [b, t, H + 2 H_kv, D] as projected,
+        qk [b, t, H + H_kv, D]: queries and keys rotated, as they take the same rotation)."""
+        heads, kv_heads = self.heads, self.kv_heads
+        b, t = x.shape[:2]
+        h = _rms_norm(self.body.layers[i].input_layernorm, x)
+        qkv = self.qkv[i](h).view(b, t, heads + 2 * kv_heads, self.head_dim)
+        qk = qkv[:, :, :heads + kv_heads]
+        return qkv, (qk * cos) + (_rotate_half(qk) * sin)
+
+    def _mlp_residual(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """x plus layer i's MLP of its post-attention norm (x [b, t, hidden])."""
+        h = _rms_norm(self.body.layers[i].post_attention_layernorm, x)
+        gate, up = self.gate_up[i](h).chunk(2, dim=-1)  # [b, t, I] each
+        return x + self.down[i](F.silu(gate) * up)
+
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, DynamicCache]:
         """Prompts packed into one row, each attending to itself only (kernels.attention's
         per-prompt causal attention, as the forward runs it under packed_attention_enabled) ->
         each prompt's last logits [k, V] in fp32, and a prefill cache whose layers hold the
         prompts' keys and values one after another ([1, H_kv, sum L, D])."""
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        heads, kv_heads = self.heads, self.kv_heads
         device = self.model.lm_head.weight.device
         ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=device)  # [1, L]
         positions = torch.cat([torch.arange(len(p), device=device) for p in prompts])[None, :]  # [1, L]
@@ -178,10 +195,7 @@ class LlamaStep:
         cache = prefill_cache()
         for i, layer in enumerate(self.body.layers):
             attn = layer.self_attn
-            h = _rms_norm(layer.input_layernorm, x)
-            qkv = self.qkv[i](h).view(1, length, heads + 2 * kv_heads, dim)  # [1, L, H + 2 H_kv, D]
-            qk = qkv[:, :, :heads + kv_heads]
-            qk = (qk * cos) + (_rotate_half(qk) * sin)
+            qkv, qk = self._qkv(i, x, cos, sin)  # [1, L, H + 2 H_kv, D], [1, L, H + H_kv, D]
             q = qk[:, :, :heads].transpose(1, 2)  # [1, H, L, D]
             # own copies: views would keep this layer's whole q/k/v output alive in the cache (4.5x the memory)
             k = qk[:, :, heads:].transpose(1, 2).contiguous()  # [1, H_kv, L, D]
@@ -189,10 +203,7 @@ class LlamaStep:
             k, v = cache.update(k, v, i)
             out, _ = packed_attention(attn, q, k, v, None, scaling=attn.scaling,
                                       position_ids=positions)  # [1, L, H, D]
-            x = x + self.o[i](out.reshape(1, length, -1))
-            h = _rms_norm(layer.post_attention_layernorm, x)
-            gate, up = self.gate_up[i](h).chunk(2, dim=-1)  # [1, L, I] each
-            x = x + self.down[i](F.silu(gate) * up)
+            x = self._mlp_residual(i, x + self.o[i](out.reshape(1, length, -1)))
         last = torch.tensor([len(p) for p in prompts], device=device).cumsum(0) - 1  # [k]
         x = _rms_norm(self.body.norm, x[0, last])  # [k, hidden]: only the last positions are read
         return self.lm_head(x).float(), cache
@@ -202,7 +213,7 @@ class LlamaStep:
         """tokens [n] (each live row's last token) -> logits [n, V] in fp32; every row's keys and
         values are written at column lens[r]. The caller advances the cache (after_step)."""
         n = tokens.shape[0]
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        heads, kv_heads = self.heads, self.kv_heads
         rows, lens = cache.row_ids[:n], cache.lens[:n]
         # attention runs per group of rows, each over its own longest row's columns (kv.py)
         groups = cache.attention_groups() if self.groups_rows else [(0, n, cache.capacity)]
@@ -217,10 +228,7 @@ class LlamaStep:
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [n, 1, 1, D]: broadcast over heads
         for i, layer in enumerate(self.body.layers):
             attn = layer.self_attn
-            h = _rms_norm(layer.input_layernorm, x)  # [n, 1, hidden]
-            qkv = self.qkv[i](h).view(n, 1, heads + 2 * kv_heads, dim)  # [n, 1, H + 2 H_kv, D]
-            qk = qkv[:, :, :heads + kv_heads]  # queries and keys take the same rotation
-            qk = (qk * cos) + (_rotate_half(qk) * sin)
+            qkv, qk = self._qkv(i, x, cos, sin)  # [n, 1, H + 2 H_kv, D], [n, 1, H + H_kv, D]
             q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads:]
             k_buf, v_buf = cache.keys[i], cache.values[i]  # [S, H_kv, C, D]
             k_buf[rows, :, lens] = k[:, 0]  # [n, H_kv, D] into each row's own column
@@ -230,9 +238,6 @@ class LlamaStep:
                                      mask, scaling=attn.scaling)[0]  # [m, 1, H, D]
                     for (start, end, width), mask in zip(groups, masks)]
             out = outs[0] if len(outs) == 1 else torch.cat(outs)  # [n, 1, H, D]
-            x = x + self.o[i](out.reshape(n, 1, -1))
-            h = _rms_norm(layer.post_attention_layernorm, x)
-            gate, up = self.gate_up[i](h).chunk(2, dim=-1)  # [n, 1, I] each
-            x = x + self.down[i](F.silu(gate) * up)
+            x = self._mlp_residual(i, x + self.o[i](out.reshape(n, 1, -1)))
         x = _rms_norm(self.body.norm, x)
         return self.lm_head(x[:, 0]).float()  # [n, V]
