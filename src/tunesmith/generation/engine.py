@@ -7,7 +7,7 @@ Each step, in one thread (the caller of `run()`, the engine's own after `start()
      prompts are prefilled together, packed into one unpadded row (one forward per PREFILL_TOKENS;
      a prompt once, whatever its `n`), and their first tokens are sampled;
   3. rows that ended leave their KV slots, and joined rows' prefill caches are copied into free
-     slots, once per completion (kv.SlotCache: nothing else in the cache moves);
+     slots of their length class's pool, once per completion (kv.SlotCache: nothing else moves);
   4. one decode forward for every row; each row's token goes to its completion (sequence.py).
 
     engine = Engine(model, tokenizer); engine.start()
@@ -282,23 +282,23 @@ class Engine:
                 for seq in seqs:
                     if seq.finished is None:
                         if self._cache is None:
-                            self._cache = SlotCache(kv.cache, self.max_batch)
-                        self._cache.add(kv)
-                        self._seqs.append(seq)
+                            self._cache = self.runner.new_cache(kv.cache, self.max_batch)
+                        self._seqs.insert(self._cache.add(kv), seq)
         if self._seqs:
             self._decode()
         with self._cv:
             self._cv.notify_all()
 
     def _leave(self) -> None:
-        """Free the slots of ended rows: the last row moves into each freed slot (as in the cache)."""
+        """Free the slots of ended rows: the last row of the pool moves into each freed slot (as in
+        the cache)."""
         ended = []
         for r in range(len(self._seqs) - 1, -1, -1):  # from the end: rows after r are all live
             if self._seqs[r].finished is not None:
                 ended.append(self._seqs[r])
-                self._cache.remove(r)
-                self._seqs[r] = self._seqs[-1]
-                self._seqs.pop()
+                moved = self._cache.remove(r)
+                self._seqs[r] = self._seqs[moved]
+                del self._seqs[moved]
         self._retire(ended)
 
     def _prefill(self, handles: list[RequestHandle]) -> list[tuple[list[Sequence], PromptKV | None]]:

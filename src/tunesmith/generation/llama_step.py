@@ -214,15 +214,21 @@ class LlamaStep:
         values are written at column lens[r]. The caller advances the cache (after_step)."""
         n = tokens.shape[0]
         heads, kv_heads = self.heads, self.kv_heads
-        rows, lens = cache.row_ids[:n], cache.lens[:n]
-        # attention runs per group of rows, each over its own longest row's columns (kv.py)
-        groups = cache.attention_groups() if self.groups_rows else [(0, n, cache.capacity)]
-        cols = torch.arange(max(width for _, _, width in groups), device=tokens.device)
-        # additive masks, made once per step for all layers: 0 on a row's own prefix and the new
-        # column, -inf past them (softmax gives those exactly 0, as a boolean mask would; adding
-        # one is ~6x faster than masked_fill's broadcast here)
-        masks = [torch.where(cols[None, :width] <= lens[start:end, None], 0.0, float("-inf"))[:, None, None, :]
-                 for start, end, width in groups]  # [m, 1, 1, W_g] fp32 each
+        lens = cache.row_lengths()  # [n]
+        # Per pool (rows [offset, offset + m) of the batch): its slots, lengths, and the groups of its
+        # rows that attend together, each over its own longest row's columns (kv.py). Additive masks,
+        # made once per step for all layers: 0 on a row's own prefix and the new column, -inf past
+        # them (softmax gives those exactly 0, as a boolean mask would; adding one is ~6x faster than
+        # masked_fill's broadcast here).
+        plan = []
+        for offset, pool in cache.segments():
+            m = pool.n
+            groups = pool.attention_groups() if self.groups_rows else [(0, m, pool.capacity)]
+            cols = torch.arange(max(width for _, _, width in groups), device=tokens.device)
+            pool_lens = pool.lens[:m]
+            masks = [torch.where(cols[None, :width] <= pool_lens[start:end, None], 0.0, float("-inf"))[:, None, None, :]
+                     for start, end, width in groups]  # [g, 1, 1, W_g] fp32 each
+            plan.append((offset, pool, pool.row_ids[:m], pool_lens, groups, masks))
         x = self.body.embed_tokens(tokens[:, None])  # [n, 1, hidden]
         cos, sin = self.body.rotary_emb(x, lens[:, None])  # [n, 1, D] each, at position lens[r]
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [n, 1, 1, D]: broadcast over heads
@@ -230,13 +236,16 @@ class LlamaStep:
             attn = layer.self_attn
             qkv, qk = self._qkv(i, x, cos, sin)  # [n, 1, H + 2 H_kv, D], [n, 1, H + H_kv, D]
             q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads:]
-            k_buf, v_buf = cache.keys[i], cache.values[i]  # [S, H_kv, C, D]
-            k_buf[rows, :, lens] = k[:, 0]  # [n, H_kv, D] into each row's own column
-            v_buf[rows, :, lens] = v[:, 0]
             q = q.transpose(1, 2)  # [n, H, 1, D]
-            outs = [decode_attention(attn, q[start:end], k_buf[start:end, :, :width], v_buf[start:end, :, :width],
-                                     mask, scaling=attn.scaling)[0]  # [m, 1, H, D]
-                    for (start, end, width), mask in zip(groups, masks)]
+            outs = []
+            for offset, pool, rows, pool_lens, groups, masks in plan:
+                k_buf, v_buf = pool.keys[i], pool.values[i]  # [S, H_kv, C, D]
+                end_row = offset + pool.n
+                k_buf[rows, :, pool_lens] = k[offset:end_row, 0]  # [m, H_kv, D] into each row's own column
+                v_buf[rows, :, pool_lens] = v[offset:end_row, 0]
+                outs += [decode_attention(attn, q[offset + start:offset + end], k_buf[start:end, :, :width],
+                                          v_buf[start:end, :, :width], mask, scaling=attn.scaling)[0]  # [g, 1, H, D]
+                         for (start, end, width), mask in zip(groups, masks)]
             out = outs[0] if len(outs) == 1 else torch.cat(outs)  # [n, 1, H, D]
             x = self._mlp_residual(i, x + self.o[i](out.reshape(n, 1, -1)))
         x = _rms_norm(self.body.norm, x)

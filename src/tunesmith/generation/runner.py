@@ -66,6 +66,11 @@ class ModelRunner:
                     logits = self._forward(ids, None, positions, cache, keep=last)
         return logits, [PromptKV(cache, end - len(p), len(p)) for p, end in zip(prompts, ends)]
 
+    def new_cache(self, template: DynamicCache, slots: int) -> SlotCache:
+        """The slot cache for decode steps: pooled by prompt length for the written-out Llama step,
+        one pool for the model's own forward (kv.py)."""
+        return SlotCache(template, slots, pooled=self.llama_step is not None)
+
     def sort_rows(self, cache: SlotCache) -> list[int] | None:
         """Let the cache sort its rows by length where the decode step attends per group of rows
         (the written-out Llama step in fp32); returns the new order (SlotCache.sort_rows) or None."""
@@ -80,7 +85,7 @@ class ModelRunner:
             cache.after_step()
             return logits
         lens = cache.row_lengths()  # [n]: real tokens before this one
-        cols = torch.arange(cache.capacity, device=self.device)  # [C]: every column of the slots
+        cols = torch.arange(cache.single_pool().capacity, device=self.device)  # [C]: every column of the slots
         mask = (cols[None, :] <= lens[:, None]).long()  # [n, C]: a row's own columns and the new one
         with decode_attention_enabled(self.model):
             logits = self._forward(tokens[:, None], mask, lens[:, None], cache)
