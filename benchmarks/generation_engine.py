@@ -18,7 +18,9 @@ time and how many outputs are identical.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,27 +115,50 @@ def old_generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batc
     return outputs
 
 
+class PeakRSS:
+    """The process's resident memory, sampled every 0.2 s in a thread; `reset()` starts a new peak."""
+
+    def __init__(self):
+        self.peak = 0
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            with open("/proc/self/statm") as f:
+                self.peak = max(self.peak, int(f.read().split()[1]) * 4096)
+            time.sleep(0.2)
+
+    def reset(self) -> None:
+        self.peak = 0
+
+
 def ifbench_generation(model, tok, items: int, sizes: list[int]) -> list[str]:
     from tunesmith.evalsets.ifbench import load_ifbench_prompts
     from tunesmith.evaluate.generate import generate, prompt_ids
+    from tunesmith.stages.evaluate import SuiteOptions
 
     prompts = [[{"role": "user", "content": p["prompt"]}] for p in load_ifbench_prompts(items)]
     encoded = [prompt_ids(tok, c) for c in prompts]
+    rss = PeakRSS()
     t0 = time.perf_counter()
     before = old_generate(model, tok, encoded, 512, 32)
     t_before = time.perf_counter() - t0
-    rows = [("before: model.generate, padded batches of 32", t_before, items)]
+    rows = [("before: model.generate, padded batches of 32", t_before, items, rss.peak)]
     for size in sizes:
+        gc.collect()  # the previous engine's cache and packed weights go before the next one's peak
+        rss.reset()
         t0 = time.perf_counter()
         after = generate(model, tok, prompts, max_new_tokens=512, batch_size=size)
         seconds = time.perf_counter() - t0
         same = sum(a == b for a, b in zip(after, before))
-        rows.append((f"tunesmith Engine, {size} sequences", seconds, same))
+        rows.append((f"tunesmith Engine, {size} sequences", seconds, same, rss.peak))
         print(rows[-1], flush=True)
-    lines = [f"IFBench suite generation, first {items} prompts, 512 new tokens, greedy:", "",
-             "| generation | seconds | speed-up | outputs identical to before |", "|---|---|---|---|"]
-    for name, seconds, same in rows:
-        lines.append(f"| {name} | {seconds:.0f} | {t_before / seconds:.2f}x | {same}/{items} |")
+    lines = [f"IFBench suite generation, first {items} prompts, 512 new tokens, greedy "
+             f"(`tunesmith eval` runs the engine at {SuiteOptions().batch_size} sequences):", "",
+             "| generation | seconds | speed-up | outputs identical to before | peak RSS while generating |",
+             "|---|---|---|---|---|"]
+    for name, seconds, same, peak in rows:
+        lines.append(f"| {name} | {seconds:.0f} | {t_before / seconds:.2f}x | {same}/{items} | {peak / 2**30:.2f} GiB |")
     return lines
 
 

@@ -93,10 +93,10 @@ def test_pools_keep_a_long_prompt_from_widening_the_short_rows():
     assert _row_marks(cache) == [1, 3, 5, 4, 2]
     assert cache.row_lengths().tolist() == [100, 120, 90, 700, 2591]
     short, middle, long = (pool for _, pool in cache.segments())
-    assert short.capacity < 256 and short.slots == kv.FIRST_SLOTS  # not 2,591 columns wide
-    assert long.capacity >= 2592 and long.slots == kv.FIRST_SLOTS
+    assert short.capacity < 256 and long.capacity >= 2592  # the short rows are not 2,591 columns wide
+    assert [short.slots, middle.slots, long.slots] == [4, 1, 1]  # 1 slot, doubled as rows join
     # 2 layers x (keys + values) x 2 heads x 4 dims x 4 bytes per slot column
-    assert cache.memory_bytes() == 128 * kv.FIRST_SLOTS * (short.capacity + middle.capacity + long.capacity)
+    assert cache.memory_bytes() == 128 * (4 * short.capacity + middle.capacity + long.capacity)
     assert cache.remove(0) == 2  # row 0 (mark 1) ends: its pool's last row (mark 5) takes its slot
     assert _row_marks(cache) == [5, 3, 4, 2]
     assert cache.remove(3) == 3  # the long row ends: its pool empties and goes
@@ -109,9 +109,9 @@ def test_pools_keep_a_long_prompt_from_widening_the_short_rows():
 
 
 def test_a_pool_grows_its_slots_and_columns_keeping_its_rows():
-    cache, _ = _cache_with_rows([40 + j for j in range(kv.FIRST_SLOTS + 3)])  # one class: one pool
+    cache, _ = _cache_with_rows([40 + j for j in range(11)])  # one class: one pool, at most 11 rows
     (_, pool), = cache.segments()
-    assert pool.slots == pool.n == kv.FIRST_SLOTS + 3  # doubled from FIRST_SLOTS, capped at the max rows
+    assert pool.slots == pool.n == 11  # 1, 2, 4, 8, then 16 capped at the most rows
     capacity, width = pool.capacity, pool.width
     for _ in range(capacity - width + 1):
         cache.before_step()

@@ -43,7 +43,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 GROW = 64  # spare columns allocated at a time, so a pool's buffers are reallocated every ~GROW steps at most
-FIRST_SLOTS = 8  # slots a new pool starts with (doubled as rows join, up to max_batch)
+FIRST_SLOTS = 1  # slots a new pool starts with (doubled as rows join, up to max_batch): a pool of one long row holds one slot
 MIN_POOL_COLUMNS = 512  # the shortest length class: prompts up to this many tokens share one pool
 # The fixed cost of one more attention group, in row-columns of keys and values read: on this 2-core
 # CPU one group's attention in one layer costs ~60 us (fp32) / ~130 us (bf16) whatever its size,

@@ -48,7 +48,7 @@ class SuiteOptions(Section):
     max_new_tokens: int = Field(32, ge=1, description="new tokens for short-answer suites (tasks, robustness)")
     long_max_new_tokens: int = Field(512, ge=1, description="new tokens for open-ended suites (ifbench, ifeval, "
                                                             "humaneval)")
-    batch_size: int = Field(32, ge=1, description="prompts per generation batch")
+    batch_size: int = Field(48, ge=1, description="sequences the generation engine decodes together (its rows)")
     limit: int | None = Field(None, ge=1, description="items per suite (default: all)")
     ifeval_items: int = Field(100, ge=1, description="IFEval-style items generated")
     guard_items: int = Field(100, ge=1, description="guard suite: its fixed IFEval-style general prompts")
