@@ -9,7 +9,8 @@ and 16 (and the Engine at 32, 64).
 Part 2, the IFBench suite's generation (the first ITEMS prompts, 512 new tokens, greedy): the
 generation tunesmith used before the engine (model.generate on length-sorted left-padded batches
 of 32, as evaluate/generate.py did) against the engine at 32 and 64 concurrent sequences; wall
-time and how many outputs are identical.
+time, how many outputs are identical, and peak RSS. Each side runs in a fresh process of its own,
+one after another.
 
     flock -x /tmp/tunesmith-cpu.lock .venv/bin/python benchmarks/generation_engine.py [--items 64] [--sizes 32 64]
         [--skip-options] [--record]
@@ -18,9 +19,11 @@ time and how many outputs are identical.
 from __future__ import annotations
 
 import argparse
-import gc
+import json
+import resource
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,50 +118,52 @@ def old_generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batc
     return outputs
 
 
-class PeakRSS:
-    """The process's resident memory, sampled every 0.2 s in a thread; `reset()` starts a new peak."""
-
-    def __init__(self):
-        self.peak = 0
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self) -> None:
-        while True:
-            with open("/proc/self/statm") as f:
-                self.peak = max(self.peak, int(f.read().split()[1]) * 4096)
-            time.sleep(0.2)
-
-    def reset(self) -> None:
-        self.peak = 0
-
-
-def ifbench_generation(model, tok, items: int, sizes: list[int]) -> list[str]:
+def ifbench_side(side: str, items: int, out: str) -> None:
+    """One side of part 2 in this (fresh) process: generate, then write the outputs, the seconds and
+    the process's peak RSS to `out` (JSON). side: "before" or the engine's batch size."""
     from tunesmith.evalsets.ifbench import load_ifbench_prompts
     from tunesmith.evaluate.generate import generate, prompt_ids
+    from tunesmith.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(None, log=lambda *a: None)
+    model = load_model(None, log=lambda *a: None).eval()
+    prompts = [[{"role": "user", "content": p["prompt"]}] for p in load_ifbench_prompts(items)]
+    t0 = time.perf_counter()
+    if side == "before":
+        texts = old_generate(model, tok, [prompt_ids(tok, c) for c in prompts], 512, 32)
+    else:
+        texts = generate(model, tok, prompts, max_new_tokens=512, batch_size=int(side))
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
+    Path(out).write_text(json.dumps({"texts": texts, "seconds": seconds, "peak_rss": peak}))
+
+
+def ifbench_generation(items: int, sizes: list[int]) -> list[str]:
+    """Part 2: each side in a fresh process of its own, one after another (as `tunesmith eval` runs:
+    neither side inherits the other's allocator state or caches), in this one invocation."""
     from tunesmith.stages.evaluate import SuiteOptions
 
-    prompts = [[{"role": "user", "content": p["prompt"]}] for p in load_ifbench_prompts(items)]
-    encoded = [prompt_ids(tok, c) for c in prompts]
-    rss = PeakRSS()
-    t0 = time.perf_counter()
-    before = old_generate(model, tok, encoded, 512, 32)
-    t_before = time.perf_counter() - t0
-    rows = [("before: model.generate, padded batches of 32", t_before, items, rss.peak)]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in ["before"] + [str(size) for size in sizes]:
+            out = str(Path(tmp) / f"{side}.json")
+            subprocess.run([sys.executable, __file__, "--side", side, "--items", str(items), "--side-out", out],
+                           check=True)
+            results[side] = json.loads(Path(out).read_text())
+            print(side, results[side]["seconds"], flush=True)
+    before = results["before"]
+    rows = [("before: model.generate, padded batches of 32", before, items)]
     for size in sizes:
-        gc.collect()  # the previous engine's cache and packed weights go before the next one's peak
-        rss.reset()
-        t0 = time.perf_counter()
-        after = generate(model, tok, prompts, max_new_tokens=512, batch_size=size)
-        seconds = time.perf_counter() - t0
-        same = sum(a == b for a, b in zip(after, before))
-        rows.append((f"tunesmith Engine, {size} sequences", seconds, same, rss.peak))
-        print(rows[-1], flush=True)
-    lines = [f"IFBench suite generation, first {items} prompts, 512 new tokens, greedy "
-             f"(`tunesmith eval` runs the engine at {SuiteOptions().batch_size} sequences):", "",
-             "| generation | seconds | speed-up | outputs identical to before | peak RSS while generating |",
+        after = results[str(size)]
+        rows.append((f"tunesmith Engine, {size} sequences", after,
+                     sum(a == b for a, b in zip(after["texts"], before["texts"]))))
+    lines = [f"IFBench suite generation, first {items} prompts, 512 new tokens, greedy, each side in a fresh "
+             f"process (`tunesmith eval` runs the engine at {SuiteOptions().batch_size} sequences):", "",
+             "| generation | seconds | speed-up | outputs identical to before | peak RSS of the process |",
              "|---|---|---|---|---|"]
-    for name, seconds, same, peak in rows:
-        lines.append(f"| {name} | {seconds:.0f} | {t_before / seconds:.2f}x | {same}/{items} | {peak / 2**30:.2f} GiB |")
+    for name, res, same in rows:
+        lines.append(f"| {name} | {res['seconds']:.0f} | {before['seconds'] / res['seconds']:.2f}x | {same}/{items} "
+                     f"| {res['peak_rss'] / 2**30:.2f} GiB |")
     return lines
 
 
@@ -169,13 +174,21 @@ def main() -> None:
     ap.add_argument("--skip-options", action="store_true")
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="engine batch sizes (concurrent sequences)")
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--side", help=argparse.SUPPRESS)  # internal: one side of part 2 (ifbench_side)
+    ap.add_argument("--side-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from tunesmith.models import load_model, load_tokenizer
+    if args.side:
+        ifbench_side(args.side, args.items, args.side_out)
+        return
+    lines = []
+    if not args.skip_options:
+        from tunesmith.models import load_model, load_tokenizer
 
-    tok = load_tokenizer(None, log=lambda *a: None)
-    model = load_model(None, log=lambda *a: None).eval()
-    lines = [] if args.skip_options else decode_options(model, tok, args.new_tokens) + [""]
-    lines += ifbench_generation(model, tok, args.items, args.sizes)
+        tok = load_tokenizer(None, log=lambda *a: None)
+        model = load_model(None, log=lambda *a: None).eval()
+        lines = decode_options(model, tok, args.new_tokens) + [""]
+        del model
+    lines += ifbench_generation(args.items, args.sizes)
     table = "\n".join(lines)
     print(table)
     if args.record:
