@@ -7,7 +7,7 @@ Why: a SmolLM2-135M decode step is 30 layers of small matmuls. Through transform
 step also builds masks, cache-position tensors and output objects and passes through a few
 thousand Python frames; at 16 rows on this 2-core CPU that was a large share of a 65 ms step.
 Here a step is ~12 tensor operations per layer, and attention runs per group of rows of similar
-length, each over its own longest row's columns (kv.SlotCache.attention_groups; on IFBench, where a
+length, each over its own longest row's columns (kv.SlotPool.attention_groups; on IFBench, where a
 2,600-token prompt runs beside ~115-token ones, that alone took the 294 prompts from 564 to 457 s).
 On CPU (fp32 or bf16) both passes run q/k/v and gate/up as
 one matmul each, on weights packed once for oneDNN (`_Projection`). In bf16 that is bit-equal to the
