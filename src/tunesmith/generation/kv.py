@@ -265,7 +265,7 @@ class SlotCache(Cache):
         self.device, self.dtype = first.device, first.dtype
         self.max_rows, self.pooled = slots, pooled
         self.shapes = [(lay.keys.shape[1], lay.keys.shape[3], lay.values.shape[3]) for lay in layers]
-        self._pools: dict[int, SlotPool] = {}  # length class -> pool (a pool with no rows is dropped)
+        self._pools: dict[int, SlotPool] = {}  # length class -> pool, in order of class; none without rows
         self._sort_calls = 0
         super().__init__(layers=[SlotLayer(self, i) for i in range(len(layers))])
 
@@ -282,9 +282,9 @@ class SlotCache(Cache):
     def segments(self) -> list[tuple[int, SlotPool]]:
         """(first row, pool) for each pool, in row order."""
         out, offset = [], 0
-        for cls in sorted(self._pools):
-            out.append((offset, self._pools[cls]))
-            offset += self._pools[cls].n
+        for pool in self._pools.values():
+            out.append((offset, pool))
+            offset += pool.n
         return out
 
     def single_pool(self) -> SlotPool:
@@ -311,6 +311,7 @@ class SlotCache(Cache):
         cls = length_class(prompt.length) if self.pooled else 0
         if cls not in self._pools:
             self._pools[cls] = SlotPool(self.shapes, self.dtype, self.device, self.max_rows)
+            self._pools = dict(sorted(self._pools.items()))  # rows are numbered pool by pool, in class order
         offset = sum(pool.n for c, pool in self._pools.items() if c < cls)
         return offset + self._pools[cls].add(prompt)
 
@@ -318,13 +319,15 @@ class SlotCache(Cache):
         """Free `row`: the last row of its pool moves into it, and rows of later pools move down by one.
         Returns the row that moved into `row`, as it was numbered before (`row` itself if it was its
         pool's last); callers reorder their rows the same way."""
-        for offset, pool in self.segments():
+        offset = 0
+        for cls, pool in self._pools.items():
             if offset <= row < offset + pool.n:
                 last = offset + pool.n - 1
                 pool.remove(row - offset)
                 if pool.n == 0:  # its buffers go back now
-                    self._pools = {c: p for c, p in self._pools.items() if p is not pool}
+                    del self._pools[cls]
                 return last
+            offset += pool.n
         raise IndexError(f"row {row} of {self.n}")
 
     def sort_rows(self) -> list[int] | None:
