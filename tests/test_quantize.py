@@ -73,6 +73,38 @@ def test_int4_rtn_within_half_a_step_per_group_and_packing_exact():
         qformat.pack_int4(torch.full((1, 2), 8, dtype=torch.int8))
 
 
+def test_int4_asym_takes_q4_1_weights_back_bit_for_bit_and_any_weight_within_half_a_step():
+    gen = torch.Generator().manual_seed(0)
+    # A Q4_1 weight as gguf dequantizes it: per group of 32, fp16 d and m, w = d * q + m in fp32, with q = 0 and
+    # q = 15 present in every group (the quantizer puts the group's min and max there).
+    d = (torch.rand(8, 4, generator=gen) * 0.01 + 1e-3).to(torch.float16)
+    m = (torch.randn(8, 4, generator=gen) * 0.05).to(torch.float16)
+    q = torch.randint(0, 16, (8, 4, 32), generator=gen)
+    q[..., 0], q[..., 1] = 0, 15
+    w = (d.float().unsqueeze(-1) * q.float() + m.float().unsqueeze(-1)).view(8, 128)
+    packed, scale, low = qformat.quantize_int4_asym(w, 32)
+    assert packed.shape == (8, 64) and packed.dtype == torch.uint8 and scale.dtype == torch.float16
+    assert torch.equal(scale, d) and torch.equal(low, m)
+    assert torch.equal(qformat.dequantize_int4_asym(packed, scale, low, 32), w)
+    # Nibble order: channel 2j in the low nibble of byte j.
+    assert int(packed[0, 0]) == int(q[0, 0, 0]) | (int(q[0, 0, 1]) << 4)
+    # Any weight: within half a step of its group, the fp16 grid widened where rounding would cut an end off.
+    for w in (torch.randn(16, 256, generator=gen) * 0.04, torch.randn(16, 256, generator=gen) * 3.0 + 7.0):
+        packed, scale, low = qformat.quantize_int4_asym(w, 64)
+        err = (w - qformat.dequantize_int4_asym(packed, scale, low, 64)).abs()
+        step = scale.float().repeat_interleave(64, dim=1)
+        assert err.le(step / 2 + 1e-6).all()
+        assert err.max() > step.min() / 10  # it did quantize
+    # A constant group comes back exactly; values fp16 cannot hold keep fp32 scale and minimum.
+    const = torch.full((2, 32), 0.25)
+    assert torch.equal(qformat.dequantize_int4_asym(*qformat.quantize_int4_asym(const, 32), 32), const)
+    big = torch.randn(2, 32, generator=gen) * 1e6
+    packed, scale, low = qformat.quantize_int4_asym(big, 32)
+    assert scale.dtype == torch.float32 and torch.isfinite(qformat.dequantize_int4_asym(packed, scale, low, 32)).all()
+    with pytest.raises(ValueError, match="group_size"):
+        qformat.quantize_int4_asym(torch.zeros(2, 30), 15)
+
+
 def test_awq_scale_is_exact_before_rounding_and_never_worse_than_rtn():
     model = tiny_llama()
     stats = qz.collect_activations(model, _calib_ids())

@@ -137,6 +137,69 @@ def quantize_int4(w: torch.Tensor, group_size: int, group_max: torch.Tensor | No
     return q, scale
 
 
+def quantize_int4_asym(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise int4 (GGUF's Q4_1 layout, train.base_quant int4): per (out, group) a scale and
+    the group's minimum, W = q * scale + low with q in 0..15, so both ends of each group are on the grid.
+
+    Returns (packed uint8 [out, in // 2] as `pack_uint4`, scale [out, in / group], low [out, in / group]);
+    scale and low are fp16 (as in Q4_1; rounded so that the grid still covers the group, see `_fp16_grid`)
+    unless fp16 cannot hold them, then fp32. No weight is more than half a step off. A weight that was
+    itself dequantized from Q4_1 with the same group size comes back bit for bit (`dequantize_int4_asym`
+    computes q * scale + low in fp32 in that order, as gguf's dequantizer does).
+    """
+    w = w.detach().to(torch.float32)
+    out, cols = w.shape
+    if group_size <= 0 or group_size % 2 or cols % group_size:
+        raise ValueError(f"in_features {cols} is not a multiple of the (even) group_size {group_size}")
+    g = w.view(out, cols // group_size, group_size)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scale, low = (hi - lo) / 15.0, lo
+    half = _fp16_grid(lo, hi)
+    if half is not None:
+        scale, low = half  # q is computed against the stored (fp16) values
+    s = scale.to(torch.float32)
+    s = torch.where(s > 0, s, torch.ones_like(s))  # a constant group: q = 0, W = low
+    q = torch.round((g - low.to(torch.float32).unsqueeze(-1)) / s.unsqueeze(-1)).clamp_(0, 15)
+    return pack_uint4(q.to(torch.uint8).view(out, cols)), scale, low
+
+
+def _fp16_grid(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """fp16 (scale, low) whose grid low + 15 * scale still covers [lo, hi] (each rounded to nearest, then moved
+    one fp16 step outwards where rounding cut an end off), so no weight is more than half a step off; None
+    when fp16 cannot hold them (out of range, or a scale that underflows)."""
+    inf = torch.full(lo.shape, float("inf"), dtype=torch.float16)
+    low = lo.to(torch.float16)
+    low = torch.where(low.to(torch.float32) > lo, torch.nextafter(low, -inf), low)
+    scale = ((hi - low.to(torch.float32)) / 15.0).to(torch.float16)
+    top = scale.to(torch.float32) * 15.0 + low.to(torch.float32)  # what dequantization gives q = 15
+    scale = torch.where(top < hi, torch.nextafter(scale, inf), scale)
+    ok = torch.isfinite(low).all() and torch.isfinite(scale).all() and ((scale > 0) | (hi == lo)).all()
+    return (scale, low) if bool(ok) else None
+
+
+def pack_uint4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[out, in]`` with values in 0..15 -> uint8 ``[out, in // 2]``: channel 2j in the low nibble of
+    byte j, channel 2j+1 in the high nibble."""
+    if q.dim() != 2 or q.shape[1] % 2 or q.dtype != torch.uint8:
+        raise ValueError(f"pack_uint4 needs a 2-D uint8 tensor with an even number of columns, got "
+                         f"{q.dtype} {tuple(q.shape)}")
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def dequantize_int4_asym(packed: torch.Tensor, scale: torch.Tensor, low: torch.Tensor, group_size: int
+                         ) -> torch.Tensor:
+    """The fp32 weight [out, in] of `quantize_int4_asym`'s (packed, scale, low).
+
+    Unpacks in uint8 and scales in place: about 0.3 ms for a 1536 x 576 weight on 2 cores (15x the
+    symmetric path's int16 / where / cat), which matters because training dequantizes every layer twice per
+    micro-batch."""
+    out = packed.shape[0]
+    q = torch.stack([packed & 0xF, packed >> 4], dim=-1)  # [out, in // 2, 2] uint8
+    w = q.view(out, -1, group_size).to(torch.float32)  # [out, groups, group_size]
+    w.mul_(scale.to(torch.float32).unsqueeze(-1)).add_(low.to(torch.float32).unsqueeze(-1))
+    return w.view(out, -1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading and writing a folder
 # ---------------------------------------------------------------------------------------------

@@ -93,11 +93,12 @@ class TrainConfig(Section):
     lisa: LisaConfig = LisaConfig()
     galore: GaloreConfig = GaloreConfig()
     base_quant: Literal["none", "int8", "int4"] = Field(
-        "none", description="lora: keep the frozen base Linear weights quantized in memory (int8 per channel or "
-        "int4 per group, dequantized layer by layer in forward and backward; QLoRA-style); the merged model is "
-        "the adapter merged into the dequantized base")
-    base_quant_group_size: int = Field(64, ge=2, description="base_quant int4: input channels per scale (a layer "
-                                       "whose in_features is not a multiple stays fp32)")
+        "none", description="lora: keep the frozen base Linear weights quantized in memory (int8 per channel, or "
+        "int4 per group with a scale and a minimum, GGUF's Q4_1 layout; dequantized layer by layer in forward and "
+        "backward; QLoRA-style); the merged model is the adapter merged into the dequantized base")
+    base_quant_group_size: int = Field(32, ge=2, description="base_quant int4 (and lora.init loftq): input "
+                                       "channels per scale and minimum, even (32 as Q4_1; a layer whose "
+                                       "in_features is not a multiple stays fp32)")
     neftune_alpha: float = Field(0.0, ge=0.0, description="NEFTune: uniform noise of scale alpha / sqrt(L * d) on "
                                  "the input embeddings while training (L: the sample's tokens); 5 is common; 0: off")
     epochs: float = Field(1.0, gt=0, description="passes over the data (a ragged last batch is dropped)")
@@ -178,6 +179,9 @@ class TrainConfig(Section):
             raise ValueError(f"train.lora.init {init} with train.base_quant {quant} is not supported (the "
                              "initialisation needs the fp32 base): use lora.init loftq, made for a quantized base, or "
                              "train.base_quant: none")
+        if (quant == "int4" or init == "loftq") and self.base_quant_group_size % 2:
+            raise ValueError(f"train.base_quant_group_size {self.base_quant_group_size} is odd; int4 packs two values "
+                             "per byte within a group: use an even size (32 is GGUF's Q4_1)")
         if quant != "none" and self.kl_to_base:
             raise ValueError("train.kl_to_base with train.base_quant is not supported: set one of them off")
         if self.neftune_alpha and self.objective != "sft":

@@ -1,8 +1,10 @@
 """A frozen base kept quantized in memory (train.base_quant, QLoRA-style), and LoftQ initialisation.
 
-Every decoder Linear becomes a `QuantLinear`: int8 per output channel or int4 per group of input
-channels (the symmetric round-to-nearest formats of `tunesmith.qformat`, the ones export writes), packed
-two int4 values per byte. Its forward is one autograd function that dequantizes the weight, multiplies,
+Every decoder Linear becomes a `QuantLinear`: int8 per output channel (symmetric, as export's int8) or
+int4 per group of input channels with a scale and a minimum per group (`qformat.quantize_int4_asym`: GGUF's
+Q4_1 layout, group 32 by default), packed two int4 values per byte. The asymmetric format puts both ends of
+every group on the grid; the bundled SmolLM2 ships as Q4_1, so its decoder weights come back bit for bit
+(the symmetric group-64 format used before lost 10 pp of held-out exact-match after tuning). Its forward is one autograd function that dequantizes the weight, multiplies,
 and lets the fp32 weight go; backward dequantizes it again for the input gradient (the weight is frozen:
 no weight gradient). Nothing of the size of the fp32 weight is kept between forward and backward. The
 embeddings and the output layer (tied to them in SmolLM2) stay fp32, as do norms and biases.
@@ -37,58 +39,62 @@ from torch import nn
 from .. import qformat
 from ..errors import UserError
 
-FORMATS = {"int8": "int8", "int4": "int4-rtn"}  # train.base_quant -> qformat method
+FORMATS = {"int8": "int8", "int4": "int4-asym"}  # train.base_quant -> quantized format
 
 
 class _DequantLinear(torch.autograd.Function):
     """y = x @ deq(q).T + b, saving only the quantized weight; backward recomputes deq(q) for dx."""
 
     @staticmethod
-    def forward(ctx, x, qdata, scale, bias, method, group_size):
-        w = qformat.dequantize(qdata, scale, method, group_size).to(x.dtype)  # [out, in], freed on return
-        ctx.save_for_backward(qdata, scale)
+    def forward(ctx, x, qdata, scale, low, bias, method, group_size):
+        w = dequantize_weight(qdata, scale, low, method, group_size).to(x.dtype)  # [out, in], freed on return
+        ctx.save_for_backward(qdata, scale, low)
         ctx.fmt = (method, group_size)
         return F.linear(x, w, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qdata, scale = ctx.saved_tensors
+        qdata, scale, low = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:
-            w = qformat.dequantize(qdata, scale, *ctx.fmt).to(grad_out.dtype)  # [out, in]
+            w = dequantize_weight(qdata, scale, low, *ctx.fmt).to(grad_out.dtype)  # [out, in]
             grad_x = grad_out @ w
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 class QuantLinear(nn.Linear):
-    """A frozen Linear whose weight lives as int8 / packed int4 plus fp32 scales (buffers)."""
+    """A frozen Linear whose weight lives as int8 / packed int4 plus scales (and, int4, group minima) as
+    buffers."""
 
     quantized = True
 
     def __init__(self, in_features: int, out_features: int, qdata: torch.Tensor, scale: torch.Tensor,
-                 method: str, group_size: int | None, bias: torch.Tensor | None = None):
+                 method: str, group_size: int | None, bias: torch.Tensor | None = None,
+                 low: torch.Tensor | None = None):
         nn.Module.__init__(self)  # not nn.Linear.__init__: no fp32 weight is ever allocated
         self.in_features, self.out_features = in_features, out_features
         self.method, self.group_size = method, group_size
         self.register_buffer("qdata", qdata)
         self.register_buffer("scale", scale)
+        self.register_buffer("low", low)  # int4-asym: each group's minimum; None for int8
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
 
     @classmethod
     def from_weight(cls, w: torch.Tensor, method: str, group_size: int, bias: torch.Tensor | None = None,
                     ) -> "QuantLinear":
-        q, scale = quantize_weight(w, method, group_size)
-        return cls(w.shape[1], w.shape[0], q, scale, FORMATS[method], group_size if method == "int4" else None, bias)
+        q, scale, low = quantize_weight(w, method, group_size)
+        return cls(w.shape[1], w.shape[0], q, scale, FORMATS[method], group_size if method == "int4" else None, bias,
+                   low)
 
     @property
     def weight(self) -> torch.Tensor:  # the dequantized weight, a fresh tensor (read-only use)
         return self.dequantized()
 
     def dequantized(self) -> torch.Tensor:
-        return qformat.dequantize(self.qdata, self.scale, self.method, self.group_size)
+        return dequantize_weight(self.qdata, self.scale, self.low, self.method, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _DequantLinear.apply(x, self.qdata, self.scale, self.bias, self.method, self.group_size)
+        return _DequantLinear.apply(x, self.qdata, self.scale, self.low, self.bias, self.method, self.group_size)
 
     def to_linear(self) -> nn.Linear:
         """A plain nn.Linear holding the dequantized weight (for merging and export)."""
@@ -102,12 +108,21 @@ class QuantLinear(nn.Linear):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.method}"
 
 
-def quantize_weight(w: torch.Tensor, method: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(qdata, scale) of an fp32 weight [out, in]: int8 [out, in], or int4 packed uint8 [out, in // 2]."""
+def quantize_weight(w: torch.Tensor, method: str, group_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(qdata, scale, low) of an fp32 weight [out, in]: int8 [out, in] (low None), or int4-asym packed uint8
+    [out, in // 2] with per-group scale and minimum [out, in / group_size]."""
     if method == "int8":
-        return qformat.quantize_int8(w)
-    q, scale = qformat.quantize_int4(w, group_size)
-    return qformat.pack_int4(q), scale
+        return (*qformat.quantize_int8(w), None)
+    return qformat.quantize_int4_asym(w, group_size)
+
+
+def dequantize_weight(qdata: torch.Tensor, scale: torch.Tensor, low: torch.Tensor | None, method: str,
+                      group_size: int | None) -> torch.Tensor:
+    """The fp32 weight a QuantLinear's buffers stand for (method: a FORMATS value)."""
+    if method == "int4-asym":
+        return qformat.dequantize_int4_asym(qdata, scale, low, group_size)
+    return qformat.dequantize(qdata, scale, method, group_size)
 
 
 def quantizable(w_shape: torch.Size, method: str, group_size: int) -> bool:
@@ -115,20 +130,20 @@ def quantizable(w_shape: torch.Size, method: str, group_size: int) -> bool:
 
 
 def loftq_factors(w: torch.Tensor, method: str, group_size: int, rank: int, iters: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LoftQ: (qdata, scale, L [out, r], R [r, in]) with deq(qdata, scale) + L @ R ~ w (alternating
-    quantization of w - L R and a rank-r SVD of w - deq(Q), `iters` times)."""
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor, torch.Tensor]:
+    """LoftQ: ((qdata, scale, low), L [out, r], R [r, in]) with deq(Q) + L @ R ~ w (alternating quantization
+    of w - L R and a rank-r SVD of w - deq(Q), `iters` times)."""
     w = w.detach().to(torch.float32)
-    low = torch.zeros_like(w)
+    approx = torch.zeros_like(w)  # L @ R
     fmt = FORMATS[method]
     gs = group_size if method == "int4" else None
     for _ in range(iters):
-        q, scale = quantize_weight(w - low, method, group_size)
-        u, s, vh = torch.linalg.svd(w - qformat.dequantize(q, scale, fmt, gs), full_matrices=False)
+        quant = quantize_weight(w - approx, method, group_size)
+        u, s, vh = torch.linalg.svd(w - dequantize_weight(*quant, fmt, gs), full_matrices=False)
         root = s[:rank].sqrt()
         left, right = u[:, :rank] * root, root[:, None] * vh[:rank]  # [out, r], [r, in]
-        low = left @ right
-    return q, scale, left.contiguous(), right.contiguous()
+        approx = left @ right
+    return quant, left.contiguous(), right.contiguous()
 
 
 def _linear_names(model: nn.Module) -> list[str]:
@@ -147,14 +162,14 @@ def _quantized_module(name: str, w: torch.Tensor, bias, method: str, group_size:
                       loftq: tuple[int, int] | None) -> QuantLinear:
     if loftq is None:
         return QuantLinear.from_weight(w, method, group_size, bias)
-    q, scale, left, right = loftq_factors(w, method, group_size, *loftq)
+    (q, scale, low), left, right = loftq_factors(w, method, group_size, *loftq)
     module = QuantLinear(w.shape[1], w.shape[0], q, scale, FORMATS[method],
-                         group_size if method == "int4" else None, bias)
+                         group_size if method == "int4" else None, bias, low)
     module.loftq = (left, right)  # taken by train.setup when the adapter is made
     return module
 
 
-def quantize_model_(model: nn.Module, method: str, group_size: int = 64, loftq: tuple[int, int] | None = None
+def quantize_model_(model: nn.Module, method: str, group_size: int = 32, loftq: tuple[int, int] | None = None
                     ) -> dict[str, list[str]]:
     """Replace the Linear layers of an fp32 model in place, one at a time (each fp32 weight freed as it
     goes). loftq: (rank, iters) to also compute LoftQ factors. Returns {quantized, kept_fp32: names}."""
@@ -183,7 +198,7 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
-def load_quantized_base(path: str | Path, method: str, group_size: int = 64,
+def load_quantized_base(path: str | Path, method: str, group_size: int = 32,
                         loftq: tuple[int, int] | None = None, log: Callable[[str], None] = print) -> nn.Module:
     """A causal LM from a safetensors folder whose decoder Linears are quantized as they are read (the fp32
     model is never whole in memory). fp32, SDPA attention, tied weights tied, in train mode off (eval)."""

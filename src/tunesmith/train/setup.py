@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import qformat
 from .config import TrainConfig
-from .quantbase import _linear_names, is_quantized, loftq_factors, quantize_model_
+from .quantbase import FORMATS, _linear_names, dequantize_weight, is_quantized, loftq_factors, quantize_model_
 
 RESIDUAL_INITS = ("pissa", "corda", "olora")  # PEFT moves the adapter's components out of the base weights
 PEFT_INIT = {"default": True, "pissa": "pissa", "corda": "corda", "olora": "olora", "loftq": True}
@@ -67,10 +66,10 @@ def _loftq_fp32_(model: nn.Module, cfg: TrainConfig) -> None:
         lin = model.get_submodule(name)
         if lin.weight.shape[1] % cfg.base_quant_group_size:
             continue
-        q, scale, left, right = loftq_factors(lin.weight, "int4", cfg.base_quant_group_size, cfg.lora.r,
-                                              cfg.lora.loftq_iters)
+        quant, left, right = loftq_factors(lin.weight, "int4", cfg.base_quant_group_size, cfg.lora.r,
+                                           cfg.lora.loftq_iters)
         with torch.no_grad():
-            lin.weight.copy_(qformat.dequantize(q, scale, "int4-rtn", cfg.base_quant_group_size))
+            lin.weight.copy_(dequantize_weight(*quant, FORMATS["int4"], cfg.base_quant_group_size))
         lin.loftq = (left, right)
 
 
