@@ -304,3 +304,38 @@ def test_gradient_checkpointing_keeps_only_layer_inputs():
         loss.backward()
         saved[checkpointing] = total[0]
     assert saved[True] < 0.5 * saved[False], saved
+
+
+def test_loftq_on_a_base_already_on_the_int4_grid_keeps_a_trainable_default_init():
+    """Weights that int4 reproduces exactly (a Q4_1 GGUF model's) leave LoftQ nothing to correct: those layers
+    get PEFT's default init (B = 0, A random), not an all-zero A and B that no gradient could ever move; a layer
+    off the grid still starts at its LoftQ factors (scaling * B @ A = L @ R)."""
+    from peft.tuners.lora import LoraLayer
+
+    from tunesmith.train.quantbase import _linear_names, dequantize_weight, loftq_factors, quantize_weight
+
+    base = tiny_llama(0)
+    names = _linear_names(base)
+    off_grid = names[0]
+    with torch.no_grad():
+        for name in names[1:]:  # put every other weight on the int4 grid
+            lin = base.get_submodule(name)
+            lin.weight.copy_(dequantize_weight(*quantize_weight(lin.weight, "int4", 32), "int4-asym", 32))
+    on_grid = base.get_submodule(names[1]).weight.detach().clone()
+    quant, left, right = loftq_factors(on_grid, "int4", 32, rank=4, iters=2)
+    assert left is None and right is None
+    assert torch.equal(dequantize_weight(*quant, "int4-asym", 32), on_grid)
+
+    expected = loftq_factors(base.get_submodule(off_grid).weight, "int4", 32, rank=4, iters=1)
+    torch.manual_seed(0)
+    model = prepare_model(base, TrainConfig(**METHODS["loftq"]), None)
+    layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert set(layers) == set(names)
+    first = layers[off_grid]
+    got = first.scaling["default"] * first.lora_B["default"].weight @ first.lora_A["default"].weight
+    torch.testing.assert_close(got, expected[1] @ expected[2], rtol=1e-5, atol=1e-6)
+    for name in names[1:]:
+        layer = layers[name]
+        assert torch.count_nonzero(layer.lora_B["default"].weight) == 0
+        assert torch.count_nonzero(layer.lora_A["default"].weight) == layer.lora_A["default"].weight.numel()
+    assert not any(hasattr(m, "loftq") for m in model.modules())

@@ -40,6 +40,7 @@ from .. import qformat
 from ..errors import UserError
 
 FORMATS = {"int8": "int8", "int4": "int4-asym"}  # train.base_quant -> quantized format
+LOFTQ_EXACT = 1e-6  # ||w - deq(Q(w))|| / ||w|| at or below this: w is on the grid, LoftQ has nothing to correct
 
 
 class _DequantLinear(torch.autograd.Function):
@@ -130,20 +131,35 @@ def quantizable(w_shape: torch.Size, method: str, group_size: int) -> bool:
 
 
 def loftq_factors(w: torch.Tensor, method: str, group_size: int, rank: int, iters: int
-                  ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor, torch.Tensor]:
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor | None,
+                             torch.Tensor | None]:
     """LoftQ: ((qdata, scale, low), L [out, r], R [r, in]) with deq(Q) + L @ R ~ w (alternating quantization
-    of w - L R and a rank-r SVD of w - deq(Q), `iters` times)."""
+    of w - L R and a rank-r SVD of w - deq(Q), `iters` times).
+
+    L and R are None when w is already on the quantization grid (w - deq(Q) is zero up to fp32 rounding, as
+    for every decoder weight of a Q4_1 GGUF model under int4): there is nothing for the adapter to correct,
+    and a zero L R split into A and B would leave both at zero, where LoRA's gradients are zero too (the
+    adapter would never train). The caller keeps the default initialisation (B = 0, A random) there."""
     w = w.detach().to(torch.float32)
     approx = torch.zeros_like(w)  # L @ R
     fmt = FORMATS[method]
     gs = group_size if method == "int4" else None
-    for _ in range(iters):
+    left = right = None
+    for step in range(iters):
         quant = quantize_weight(w - approx, method, group_size)
-        u, s, vh = torch.linalg.svd(w - dequantize_weight(*quant, fmt, gs), full_matrices=False)
+        residual = w - dequantize_weight(*quant, fmt, gs)
+        if step == 0 and float(residual.norm()) <= LOFTQ_EXACT * float(w.norm()):
+            return quant, None, None
+        u, s, vh = torch.linalg.svd(residual, full_matrices=False)
         root = s[:rank].sqrt()
         left, right = u[:, :rank] * root, root[:, None] * vh[:rank]  # [out, r], [r, in]
         approx = left @ right
     return quant, left.contiguous(), right.contiguous()
+
+
+def loftq_layers(model: nn.Module) -> int:
+    """How many layers carry LoftQ factors (the others quantized exactly and keep the default LoRA init)."""
+    return sum(hasattr(m, "loftq") for m in model.modules())
 
 
 def _linear_names(model: nn.Module) -> list[str]:
@@ -165,7 +181,8 @@ def _quantized_module(name: str, w: torch.Tensor, bias, method: str, group_size:
     (q, scale, low), left, right = loftq_factors(w, method, group_size, *loftq)
     module = QuantLinear(w.shape[1], w.shape[0], q, scale, FORMATS[method],
                          group_size if method == "int4" else None, bias, low)
-    module.loftq = (left, right)  # taken by train.setup when the adapter is made
+    if left is not None:  # taken by train.setup when the adapter is made (None: w was already on the grid)
+        module.loftq = (left, right)
     return module
 
 
@@ -252,6 +269,11 @@ def load_quantized_base(path: str | Path, method: str, group_size: int = 32,
         raise UserError(f"{path}: weights {missing[:3]} are missing from its safetensors; the folder is incomplete")
     if kept:
         log(f"base_quant {method}: {len(kept)} Linear layers kept fp32 (in_features not a multiple of {group_size})")
+    if loftq is not None:
+        exact = len(targets) - len(kept) - loftq_layers(model)
+        if exact:
+            log(f"lora.init loftq: {exact} of {len(targets) - len(kept)} layers are already on the {method} grid "
+                f"(quantized without loss); their adapters keep the default init, as LoftQ has nothing to correct")
     model.eval()
     return model
 

@@ -70,7 +70,8 @@ def _loftq_fp32_(model: nn.Module, cfg: TrainConfig) -> None:
                                            cfg.lora.loftq_iters)
         with torch.no_grad():
             lin.weight.copy_(dequantize_weight(*quant, FORMATS["int4"], cfg.base_quant_group_size))
-        lin.loftq = (left, right)
+        if left is not None:  # None: the weight was on the int4 grid already (default init, see loftq_factors)
+            lin.loftq = (left, right)
 
 
 def _set_loftq_adapters(model: nn.Module) -> None:
