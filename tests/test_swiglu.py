@@ -69,3 +69,64 @@ def test_light_swiglu_patches_only_silu_mlps_and_restores():
         assert n == 1
     with light_swiglu_enabled(model, enabled=False) as n:
         assert n == 0
+
+
+def _quant_model(base_quant: str | None):
+    torch.manual_seed(0)
+    extra = {} if base_quant is None else {"base_quant": base_quant, "base_quant_group_size": 32}
+    model = prepare_model(tiny_llama(), TrainConfig(method="lora", lora={"r": 4, "alpha": 8.0, "dropout": 0.0},
+                                                    **extra))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("base_quant", ["int8", "int4"])
+def test_quantized_base_runs_the_fused_lora_and_light_swiglu_with_the_same_gradients(base_quant):
+    """On a train.base_quant base the fused LoRA forward and the SwiGLU recompute switch on (14 LoRA layers and
+    2 MLPs of the tiny model) and give PEFT's own loss and adapter gradients."""
+    from tunesmith.train.fused_lora import fused_lora_enabled
+
+    row = make_row(random_samples(4, seed=3))
+    model = _quant_model(base_quant)
+    with fused_lora_enabled(model) as fused, light_swiglu_enabled(model) as light:
+        assert (fused, light) == (14, 2)
+
+    def run(kernels: bool):
+        model.zero_grad(set_to_none=True)
+        loss = PackedLoss(model, chunk_size=7, fused_lora=kernels, swiglu_recompute=kernels)(
+            row.input_ids, row.position_ids, row.targets)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours, g_ours = run(True)
+    ref, g_ref = run(False)
+    assert abs(ours - ref) <= 1e-6 * abs(ref)
+    assert len(g_ref) == 28
+    for name, g in g_ref.items():
+        assert torch.allclose(g_ours[name], g, atol=1e-5, rtol=1e-4), name
+
+
+def test_int4_base_keeps_the_same_activations_as_fp32_lora_plus_its_quantized_buffers():
+    """With the fused kernels an int4 base keeps for backward exactly what fp32 LoRA keeps, plus references to
+    its own int4 buffers (no dequantized weight, no extra SwiGLU intermediates)."""
+    from tunesmith.train.quantbase import QuantLinear
+
+    row = make_row(random_samples(3, seed=5))
+
+    def kept(model):
+        with kept_activations(model) as seen:
+            PackedLoss(model, chunk_size=7, fused_lora=True, swiglu_recompute=True)(
+                row.input_ids, row.position_ids, row.targets)
+        return sum(seen.values())
+
+    fp32, int4 = _quant_model(None), _quant_model("int4")
+    # Not saved: down_proj's buffers (the SwiGLU function holds its module) and layer 0's q/k/v (their input,
+    # the frozen embeddings' output, needs no gradient, so autograd records nothing for them).
+    unsaved = ("mlp.down_proj", "layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.0.self_attn.v_proj")
+    buffers = sum(b.untyped_storage().nbytes() for n, m in int4.named_modules() if isinstance(m, QuantLinear)
+                  and not any(u in n for u in unsaved) for b in (m.qdata, m.scale, m.low))
+    # int4 + fp16 scale and minimum per 32 inputs: q, o 2,560 bytes; k, v 1,280; gate, up 5,120
+    assert buffers == (2560 + 2 * 5120) + (2 * 2560 + 2 * 1280 + 2 * 5120)  # layer 0 (o, gate, up) + layer 1
+    assert kept(int4) == kept(fp32) + buffers

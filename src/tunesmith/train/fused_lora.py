@@ -10,8 +10,9 @@ the base output by the GEMM itself (`addmm`, beta=1):
 Mathematically identical; bit-identical when `scaling` is a power of two (the default alpha=32,
 r=16 gives 2). Used only through `fused_lora_enabled(model)` around the training forward, and only
 for adapters in the plain case: one active adapter, not merged, not disabled, no DoRA or other
-variant, no dropout (p=0), a full-precision base (not train.base_quant's QuantLinear, whose weight
-is recomputed per use) -- anything else keeps PEFT's own forward.
+variant, no dropout (p=0) -- anything else keeps PEFT's own forward. A quantized base (train.base_quant's
+QuantLinear) runs its own dequantizing forward for the base term, which keeps nothing of the weight's size
+for backward, and the adapter product is accumulated into that output the same way.
 """
 
 from __future__ import annotations
@@ -38,11 +39,20 @@ def _eligible(module: nn.Module) -> str | None:
     drop = module.lora_dropout[name]
     if not isinstance(drop, nn.Identity) and not (isinstance(drop, nn.Dropout) and drop.p == 0.0):
         return None
-    if not isinstance(module.base_layer, nn.Linear) or getattr(module.base_layer, "quantized", False) \
-            or module.lora_A[name].bias is not None \
+    if not isinstance(module.base_layer, nn.Linear) or module.lora_A[name].bias is not None \
             or module.lora_B[name].bias is not None or getattr(module, "fan_in_fan_out", False):
         return None
     return name
+
+
+def base_dtype(base: nn.Linear) -> torch.dtype:
+    """The dtype of a base layer's weight; a quantized base dequantizes to fp32 (asked without dequantizing)."""
+    return torch.float32 if getattr(base, "quantized", False) else base.weight.dtype
+
+
+def base_output(base: nn.Linear, x2: torch.Tensor) -> torch.Tensor:
+    """x2 @ W.T + bias for a 2-D input; a quantized base dequantizes inside its own autograd function."""
+    return base(x2) if getattr(base, "quantized", False) else F.linear(x2, base.weight, base.bias)
 
 
 def _fused_forward(module: nn.Module, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -50,11 +60,11 @@ def _fused_forward(module: nn.Module, name: str, x: torch.Tensor, *args, **kwarg
     a = module.lora_A[name].weight  # [r, in]
     b = module.lora_B[name].weight  # [out, r]
     scaling = module.scaling[name]
-    if x.dtype != a.dtype or base.weight.dtype != a.dtype:
+    if x.dtype != a.dtype or base_dtype(base) != a.dtype:
         return type(module).forward(module, x, *args, **kwargs)
     x2 = x.reshape(-1, x.shape[-1])  # [M, in]
     b_scaled = b if scaling == 1 else b * scaling  # [out, r]
-    out = torch.addmm(F.linear(x2, base.weight, base.bias), x2 @ a.t(), b_scaled.t())  # [M, out]
+    out = torch.addmm(base_output(base, x2), x2 @ a.t(), b_scaled.t())  # [M, out]
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
