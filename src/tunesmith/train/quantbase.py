@@ -23,8 +23,10 @@ over our own quantizers (same rounding and format as export, exact dequantizatio
 LoftQ (Li et al. 2023) is implemented here: alternate Q = quant(W - L R) and L R = SVD_r(W - deq(Q)).
 
 A LoRA adapter wraps a `QuantLinear` like any nn.Linear (it is one for PEFT's dispatch; `weight` is a
-read-only property giving the dequantized tensor). Fused LoRA and the SwiGLU recompute leave these
-layers alone (they need the weight tensor itself).
+read-only property giving the dequantized tensor). Fused LoRA and the SwiGLU recompute run on these layers
+too: the base term goes through `_DequantLinear` (fused LoRA) or is dequantized inside the SwiGLU function,
+forward and again backward, so a quantized base keeps for backward what an fp32 base keeps plus references to
+its own int4/int8 buffers.
 """
 
 from __future__ import annotations
